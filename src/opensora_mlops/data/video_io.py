@@ -1,0 +1,82 @@
+"""Writing and reading whole videos with PyAV (H.264 MP4) and animated GIFs.
+
+Frame-accurate partial decoding for training lives in :mod:`opensora_mlops.data.dataset`; this module
+is for whole clips: the synthetic corpus, cut clips, generated samples.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+
+def _as_uint8_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (T, H, W, 3), got {frames.shape}")
+    if frames.shape[0] < 1:
+        raise ValueError("a video needs at least one frame")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, got {frames.dtype}")
+    return frames
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
+    """Encode ``frames`` (T, H, W, 3 uint8 RGB) as H.264 MP4 at ``fps``; returns the path.
+
+    Odd sizes are padded by one edge pixel because yuv420p needs even dimensions.
+    """
+    frames = _as_uint8_frames(frames)
+    if not 0 < fps <= 240:
+        raise ValueError(f"fps must be in (0, 240], got {fps}")
+    t, h, w, _ = frames.shape
+    pad_h, pad_w = h % 2, w % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = w + pad_w, h + pad_h
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """Decode every frame of a video or image file: (frames T×H×W×3 uint8, fps).
+
+    Still images (jpg, png, …) come back as one frame with fps 0.
+    """
+    path = Path(path)
+    if path.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"}:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))[None], 0.0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    if not frames:
+        raise ValueError(f"{path}: no decodable video frames")
+    return np.stack(frames), fps
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: float) -> Path:
+    """Save frames (T, H, W, 3 uint8) as a looping animated GIF (for reports and MLflow)."""
+    frames = _as_uint8_frames(frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(f) for f in frames]
+    duration_ms = max(20, int(round(1000 / max(fps, 1e-3))))
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+    return path
