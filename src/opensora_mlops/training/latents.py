@@ -1,0 +1,220 @@
+"""Per-stage data for the trainer: a cached latent table, or online VAE/text encoding.
+
+The embedded default encodes every kept clip of a stage's bucket table once (VAE latents + text
+embeddings) into ``data/05_model_input/<stage>_latents/``: ``index.parquet`` (the bucket table rows,
+one per cached sample) and ``tensors.safetensors`` (``latent.<i>``, ``text.<i>``, ``text_mask.<i>``).
+Training then never touches the VAE or the text encoder, which keeps CPU training fast. The batch
+plan is the bucketing pipeline's: :class:`VariableVideoBatchSampler` over the stored ``bucket_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from opensora_mlops.config import ConfigError
+from opensora_mlops.data.buckets import BucketConfig
+from opensora_mlops.data.sampler import SampleKey, VariableVideoBatchSampler
+
+INDEX_FILE = "index.parquet"
+TENSORS_FILE = "tensors.safetensors"
+META_FILE = "meta.json"
+REQUIRED_COLUMNS = ("path", "text", "fps", "bucket_id", "bucket_resolution", "bucket_num_frames",
+                    "bucket_height", "bucket_width", "batch_size", "keep")
+
+
+def check_bucket_table(table: pd.DataFrame, where: str = "bucket table") -> pd.DataFrame:
+    """The kept rows of a bucket table, refused with a clear error when columns or rows are missing."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ConfigError(f"{where} lacks column(s) {missing}; is it the bucketing pipeline's output?")
+    kept = table[table["keep"].fillna(False).astype(bool) & table["bucket_id"].notna()].reset_index(drop=True)
+    if kept.empty:
+        raise ConfigError(f"{where} has no kept rows ({len(table)} row(s), all dropped by bucketing)")
+    return kept
+
+
+def bucket_config_from_table(table: pd.DataFrame, batch_scale: float = 1.0) -> BucketConfig:
+    """The stage's buckets as the bucketing pipeline wrote them, batch sizes scaled by ``batch_scale``.
+
+    An unknown resolution in the table is a :class:`ConfigError` naming it (from the aspect tables).
+    """
+    if batch_scale <= 0:
+        raise ConfigError(f"batch_scale must be > 0, got {batch_scale}")
+    raw: dict[str, dict[int, list[Any]]] = {}
+    for (res, frames), group in table.groupby(["bucket_resolution", "bucket_num_frames"], sort=False):
+        sizes = group["batch_size"].dropna().unique()
+        if len(sizes) != 1:
+            raise ConfigError(f"bucket {res}/{frames} has inconsistent batch sizes {sorted(sizes)}")
+        raw.setdefault(str(res), {})[int(frames)] = [1.0, max(1, round(int(sizes[0]) * batch_scale))]
+    return BucketConfig(raw, where="bucket table")
+
+
+def holdout_mask(paths: pd.Series, fraction: float, seed: int) -> np.ndarray:
+    """Deterministic held-out selection by hashing the clip path (stable across stages and runs)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"holdout_fraction must be in [0, 1), got {fraction}")
+    values = np.array(
+        [int.from_bytes(hashlib.sha256(f"{seed}:{p}".encode()).digest()[:8], "little") / 2**64 for p in paths]
+    )
+    return values < fraction
+
+
+class LatentCache:
+    """Cached latents + text embeddings of one stage; ``get(rows)`` stacks one bucket's batch."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        for name in (INDEX_FILE, TENSORS_FILE, META_FILE):
+            if not (self.directory / name).exists():
+                raise FileNotFoundError(f"latent cache {self.directory} is incomplete: {name} is missing")
+        self.index = pd.read_parquet(self.directory / INDEX_FILE)
+        self.meta = json.loads((self.directory / META_FILE).read_text())
+        self.tensors = load_file(str(self.directory / TENSORS_FILE))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, rows: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        rows = [int(r) for r in rows]
+        sub = self.index.iloc[rows]
+        return {
+            "x": torch.stack([self.tensors[f"latent.{r}"] for r in rows]).float(),
+            "y": torch.stack([self.tensors[f"text.{r}"] for r in rows]).float(),
+            "mask": torch.stack([self.tensors[f"text_mask.{r}"] for r in rows]).long(),
+            "fps": torch.tensor(sub["fps"].to_numpy(dtype=np.float32)),
+            "height": torch.tensor(sub["bucket_height"].to_numpy(dtype=np.float32)),
+            "width": torch.tensor(sub["bucket_width"].to_numpy(dtype=np.float32)),
+            "ar": torch.tensor((sub["bucket_height"] / sub["bucket_width"]).to_numpy(dtype=np.float32)),
+            "num_frames": torch.tensor(sub["bucket_num_frames"].to_numpy(dtype=np.float32)),
+        }
+
+
+def write_latent_cache(
+    directory: str | Path,
+    table: pd.DataFrame,
+    load_video: Callable[[SampleKey], torch.Tensor],
+    encode_video: Callable[[torch.Tensor], torch.Tensor],
+    encode_text: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
+    meta: Mapping[str, Any],
+    batch_size: int = 4,
+) -> Path:
+    """Encode every row of ``table`` (kept bucket rows) and write the cache atomically.
+
+    ``load_video(key)`` returns the clip [3, T, H, W] in [-1, 1] at its bucket size;
+    ``encode_video`` maps [B, 3, T, H, W] to latents; ``encode_text`` maps captions to (emb, mask).
+    """
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    table = table.reset_index(drop=True)
+    groups = table.groupby("bucket_id", sort=True).indices
+    with tqdm(total=len(table), desc=f"caching latents -> {directory.name}", unit="clip") as bar:
+        for _, rows in groups.items():
+            for start in range(0, len(rows), batch_size):
+                chunk = [int(r) for r in rows[start : start + batch_size]]
+                videos = []
+                for r in chunk:
+                    row = table.iloc[r]
+                    key = SampleKey(r, int(row["bucket_num_frames"]), int(row["bucket_height"]),
+                                    int(row["bucket_width"]), str(row["bucket_id"]))
+                    videos.append(load_video(key))
+                with torch.no_grad():
+                    latents = encode_video(torch.stack(videos))
+                    emb, mask = encode_text([str(table.iloc[r]["text"]) for r in chunk])
+                for j, r in enumerate(chunk):
+                    tensors[f"latent.{r}"] = latents[j].detach().float().contiguous().cpu()
+                    tensors[f"text.{r}"] = emb[j].detach().float().contiguous().cpu()
+                    tensors[f"text_mask.{r}"] = mask[j].detach().long().contiguous().cpu()
+                bar.update(len(chunk))
+    save_file(tensors, str(tmp / TENSORS_FILE))
+    index = table.copy()
+    for col in index.columns:  # Parquet wants plain column types for object columns
+        if index[col].dtype == object:
+            index[col] = index[col].astype(str)
+    index.to_parquet(tmp / INDEX_FILE, index=False)
+    (tmp / META_FILE).write_text(json.dumps(dict(meta), indent=2, sort_keys=True, default=str))
+    if directory.exists():
+        import shutil
+
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory
+
+
+class CachedBatches:
+    """Endless batches from a :class:`LatentCache` in the sampler's bucket order, resumable."""
+
+    def __init__(self, cache: LatentCache, sampler: VariableVideoBatchSampler) -> None:
+        self.cache = cache
+        self.sampler = sampler
+        self._steps_this_epoch = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            for keys in self.sampler:
+                self._steps_this_epoch += 1
+                yield self.cache.get([k.row for k in keys])
+            self.sampler.set_epoch(self.sampler.epoch + 1)
+            self._steps_this_epoch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.sampler.load_state_dict(dict(state))
+
+
+def build_stage_caches(
+    bucket_table: pd.DataFrame,
+    out_dir: str | Path,
+    vae: Any,
+    text_encoder: Any,
+    *,
+    frame_interval: int = 1,
+    video_root: str | Path | None = None,
+    holdout_fraction: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 4,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Encode a stage's kept clips into ``<out_dir>/train`` and, with a hold-out, ``<out_dir>/val``.
+
+    Returns a manifest dict (directories, counts, a content hash of the input table) that the
+    pipeline stores as its catalog output.
+    """
+    from opensora_mlops.data.dataset import VideoBucketDataset
+
+    kept = check_bucket_table(bucket_table)
+    out_dir = Path(out_dir)
+    held = holdout_mask(kept["path"], holdout_fraction, seed)
+    content_hash = hashlib.sha256(
+        pd.util.hash_pandas_object(kept[["path", "text", "bucket_id"]].astype(str), index=False).values.tobytes()
+    ).hexdigest()[:16]
+    manifest: dict[str, Any] = {"table_hash": content_hash, "latent_channels": int(vae.latent_channels),
+                                "text_dim": int(text_encoder.output_dim),
+                                "text_length": int(text_encoder.model_max_length)}
+    for split, rows in (("train", kept[~held]), ("val", kept[held])):
+        if rows.empty:
+            if split == "train":
+                raise ConfigError(f"holdout_fraction {holdout_fraction} leaves no training clip out of {len(kept)}")
+            continue
+        rows = rows.reset_index(drop=True)
+        dataset = VideoBucketDataset(rows, frame_interval=frame_interval, root=video_root, seed=seed)
+        write_latent_cache(
+            out_dir / split, rows, lambda key, ds=dataset: ds[key]["video"], vae.encode, text_encoder.encode,
+            {**dict(meta or {}), **manifest, "split": split, "num_samples": len(rows)}, batch_size=batch_size,
+        )  # fmt: skip
+        manifest[f"{split}_dir"] = str(out_dir / split)
+        manifest[f"num_{split}"] = len(rows)
+    return manifest
