@@ -1,0 +1,452 @@
+"""Clip scorers: aesthetic, optical flow, OCR, text-video match, camera motion.
+
+Every clip is decoded ONCE (:func:`sample_clip`: every ``stride``-th frame, at most ``max_frames``) and
+the same frames go to every scorer; the Farneback flow fields are computed once and shared by the flow
+score and the camera-motion classifier. (Open-Sora 1.1 ran one script per score, each reading every
+video again.) Each score comes with a ``<score>_method`` column saying how it was measured.
+
+Embedded default (no weights) — the classical measures, documented here:
+
+* ``aes`` (method ``classical-sharpness-exposure-colour``), 0–10:
+  ``10 * (0.6 * S + 0.2 * E + 0.2 * C)``, averaged over the first, middle and last sampled frames, with
+  S = min(1, log(1 + var(Laplacian(gray))) / log(1 + 1000)) (sharpness: variance of the Laplacian on
+  0–255 grey, 1000 or more counts as fully sharp),
+  E = min(1, (p99 - p1) / 0.6) * (1 - blown fraction) (exposure as tonal range: luma percentiles on
+  0–1, blown = pixels above 0.98; a dark background under a lit subject is not underexposure),
+  C = min(1, M / 109) with Hasler–Süsstrunk colourfulness M = sqrt(sd(rg)² + sd(yb)²) +
+  0.3 * sqrt(mean(rg)² + mean(yb)²), rg = R - G, yb = (R + G) / 2 - B (109: their "extremely
+  colourful").
+  With ``aesthetic_clip_path`` and ``aesthetic_mlp_path`` set: CLIP ViT-L/14 image embeddings (open-clip)
+  through the LAION improved-aesthetic-predictor MLP, 1.1's scorer (method ``clip-mlp``).
+* ``flow`` (method ``farneback``): OpenCV Farneback dense flow between consecutive sampled frames
+  (grey, shorter side ``flow_short_side``); the mean per-pixel magnitude is divided by the frame gap
+  and expressed per 10 source frames in pixels of a 320×576 frame (diagonal 659.7 px) — the geometry
+  and frame spacing of 1.1's UniMatch score (frames 0, 10, 20, 30 at 320×576), so thresholds are on a
+  comparable scale.
+* ``ocr`` (method ``text-area``): the fraction of the frame covered by text-like regions, mean over the
+  sampled frames. A region is text-like when the morphological gradient, thresholded and closed along
+  rows, forms a component that is wider than tall (>= 1.5), dense (fill >= 0.4), of plausible line
+  height (6 px to 1/4 of the frame) and crossed by many strokes (>= 1.2 edge transitions per line
+  height of width along its rows; a solid shape has 2 in total). With ``ocr_detector_path`` (a DBNet
+  ONNX model for OpenCV's ``TextDetectionModel_DB``): the number of detected text boxes, 1.1's OCR
+  measure (method ``dbnet``).
+* ``match`` (method ``unavailable``): NaN unless ``match_clip_path`` is set; then the cosine similarity
+  of CLIP embeddings of the middle frame and the caption (method ``clip``), as 1.1.
+* ``camera_motion`` (method ``flow-global-motion``): per frame pair, the median flow (global
+  translation) and the median radial scale about the centre (zoom), both per source frame in
+  320×576 pixels; ``static`` when both are below ``camera_static_threshold``, zoom when the zoom
+  displacement at mean radius exceeds the translation, otherwise the pan/tilt the translation implies
+  (content moving right = the camera panning left; content moving down = tilting up). The clip's label
+  is the pair labels' majority (more than ``camera_agreement`` of pairs), else ``unknown``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+from PIL import Image
+
+from opensora_mlops.config import ConfigError, strict_dataclass
+from opensora_mlops.curation.errors import CurationInputError
+from opensora_mlops.curation.scenes import IMAGE_SUFFIXES
+
+REFERENCE_DIAGONAL = math.hypot(320, 576)  # 1.1's UniMatch input geometry
+REFERENCE_GAP = 10  # 1.1 scored flow between frames 0, 10, 20, 30
+CAMERA_LABELS = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "unknown")
+SCORE_COLUMNS = ("aes", "flow", "ocr", "match", "camera_motion")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """``curation.scoring`` parameters (see the module docstring for what each measure is)."""
+
+    stride: int = 4
+    max_frames: int = 16
+    flow_short_side: int = 128
+    aesthetic_clip_path: str | None = None
+    aesthetic_mlp_path: str | None = None
+    match_clip_path: str | None = None
+    clip_model_name: str = "ViT-L-14"
+    ocr_detector_path: str | None = None
+    ocr_detector_size: tuple[int, int] = (736, 736)
+    camera_static_threshold: float = 0.5
+    camera_agreement: float = 0.5
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise ConfigError(f"curation.scoring.stride must be >= 1, got {self.stride}")
+        if self.max_frames < 2:
+            raise ConfigError(f"curation.scoring.max_frames must be >= 2, got {self.max_frames}")
+        if self.flow_short_side < 16:
+            raise ConfigError(f"curation.scoring.flow_short_side must be >= 16, got {self.flow_short_side}")
+        if (self.aesthetic_clip_path is None) != (self.aesthetic_mlp_path is None):
+            raise ConfigError(
+                "curation.scoring: set both aesthetic_clip_path and aesthetic_mlp_path (CLIP aesthetic) or neither"
+            )
+        if not 0 < self.camera_agreement < 1:
+            raise ConfigError(f"curation.scoring.camera_agreement must be in (0, 1), got {self.camera_agreement}")
+        object.__setattr__(self, "ocr_detector_size", tuple(int(v) for v in self.ocr_detector_size))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> ScoringConfig:
+        return strict_dataclass(cls, dict(values or {}), "curation.scoring")
+
+
+@dataclass
+class SampledClip:
+    """Frames decoded once for all scorers: ``frames`` (N, H, W, 3) uint8 at source frame ``indices``."""
+
+    path: str
+    frames: np.ndarray
+    indices: list[int]
+    fps: float
+    num_frames: int
+
+    @property
+    def gaps(self) -> np.ndarray:
+        return np.diff(np.asarray(self.indices, dtype=np.float64))
+
+
+def sample_indices(num_frames: int, stride: int, max_frames: int) -> list[int]:
+    """Every ``stride``-th frame, thinned evenly to at most ``max_frames`` (first and last kept)."""
+    indices = list(range(0, max(1, num_frames), stride))
+    if len(indices) > max_frames:
+        picks = np.linspace(0, len(indices) - 1, max_frames).round().astype(int)
+        indices = [indices[i] for i in sorted(set(picks.tolist()))]
+    return indices
+
+
+def sample_clip(path: str | Path, stride: int = 4, max_frames: int = 16, num_frames: int | None = None) -> SampledClip:
+    """Decode a clip once, keeping the frames the scorers need. Raises CurationInputError if unreadable."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        try:
+            with Image.open(path) as image:
+                frame = np.asarray(image.convert("RGB"))
+        except OSError as exc:
+            raise CurationInputError(f"{path}: cannot read image: {exc}") from exc
+        return SampledClip(str(path), frame[None], [0], 0.0, 1)
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            total = num_frames if num_frames is not None else int(stream.frames or 0)
+            if total <= 0:  # container does not say: decode everything at the stride, thin afterwards
+                frames, indices = [], []
+                for i, frame in enumerate(container.decode(stream)):
+                    if i % stride == 0:
+                        frames.append(frame.to_ndarray(format="rgb24"))
+                        indices.append(i)
+                total = (indices[-1] + 1) if indices else 0
+                keep = set(sample_indices(total, stride, max_frames))
+                pairs = [(i, f) for i, f in zip(indices, frames, strict=True) if i in keep]
+            else:
+                wanted = sample_indices(total, stride, max_frames)
+                wanted_set, last = set(wanted), wanted[-1]
+                pairs = []
+                for i, frame in enumerate(container.decode(stream)):
+                    if i in wanted_set:
+                        pairs.append((i, frame.to_ndarray(format="rgb24")))
+                    if i >= last:
+                        break
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise CurationInputError(f"{path}: decode failed: {type(exc).__name__}: {exc}") from exc
+    if not pairs:
+        raise CurationInputError(f"{path}: no decodable frames")
+    indices = [i for i, _ in pairs]
+    return SampledClip(str(path), np.stack([f for _, f in pairs]), indices, fps, max(total, indices[-1] + 1))
+
+
+# ----------------------------------------------------------------------------------------------- aesthetic
+def sharpness(gray: np.ndarray) -> float:
+    """Variance of the Laplacian of a 0–255 grey image (higher = sharper)."""
+    return float(cv2.Laplacian(gray.astype(np.float64), cv2.CV_64F).var())
+
+
+def colourfulness(frame: np.ndarray) -> float:
+    """Hasler & Süsstrunk (2003) colourfulness M of an RGB uint8 image (0 = grey, ~109 = extreme)."""
+    rgb = frame.astype(np.float64)
+    rg = rgb[..., 0] - rgb[..., 1]
+    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
+
+
+def exposure(gray: np.ndarray) -> float:
+    """Tonal range: (1st to 99th luma percentile span) / 0.6, capped at 1, times the share of pixels
+    not blown out (> 98 %). An underexposed frame has no bright tones; a dark background under a lit
+    subject is fine."""
+    luma = gray.astype(np.float64) / 255.0
+    low, high = np.percentile(luma, [1, 99])
+    blown = float(np.mean(luma > 0.98))
+    return float(min(1.0, (high - low) / 0.6) * (1.0 - blown))
+
+
+def classical_aesthetic(frames: np.ndarray) -> float:
+    """The 0–10 classical aesthetic score (module docstring) over first/middle/last frames."""
+    picks = sorted({0, len(frames) // 2, len(frames) - 1})
+    scores = []
+    for i in picks:
+        gray = cv2.cvtColor(frames[i], cv2.COLOR_RGB2GRAY)
+        s = min(1.0, math.log1p(sharpness(gray)) / math.log1p(1000.0))
+        e = exposure(gray)
+        c = min(1.0, colourfulness(frames[i]) / 109.0)
+        scores.append(10.0 * (0.6 * s + 0.2 * e + 0.2 * c))
+    return float(np.mean(scores))
+
+
+# ------------------------------------------------------------------------------------------------- flow
+def _gray_small(frame: np.ndarray, short_side: int) -> np.ndarray:
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    h, w = gray.shape
+    if min(h, w) > short_side:
+        scale = short_side / min(h, w)
+        gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return gray
+
+
+def flow_fields(frames: np.ndarray, short_side: int = 128) -> list[np.ndarray]:
+    """Farneback flow (H', W', 2) between consecutive frames, at shorter side ``short_side``."""
+    grays = [_gray_small(f, short_side) for f in frames]
+    return [
+        cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        for a, b in zip(grays[:-1], grays[1:], strict=True)
+    ]
+
+
+def _to_reference(field_: np.ndarray) -> float:
+    """Factor turning pixels of this flow field into pixels of a 320×576 frame."""
+    h, w = field_.shape[:2]
+    return REFERENCE_DIAGONAL / math.hypot(h, w)
+
+
+def flow_score(fields: list[np.ndarray], gaps: np.ndarray) -> float:
+    """Mean flow magnitude per 10 source frames in 320×576 pixels (module docstring); 0 for < 2 frames."""
+    if not fields:
+        return 0.0
+    per_frame = [
+        float(np.linalg.norm(f, axis=-1).mean()) * _to_reference(f) / max(g, 1.0)
+        for f, g in zip(fields, gaps, strict=True)
+    ]
+    return float(np.mean(per_frame) * REFERENCE_GAP)
+
+
+def global_motion(field_: np.ndarray) -> tuple[float, float, float]:
+    """(dx, dy, zoom) of one flow field, in this field's pixels: the median translation, and the median
+    per-pixel radial scale (flow along the radius / radius, about the centre) times the mean radius
+    (positive = content expanding = zooming in). Medians, so objects moving over a still background
+    leave the camera "static"."""
+    h, w = field_.shape[:2]
+    dx, dy = float(np.median(field_[..., 0])), float(np.median(field_[..., 1]))
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    rx, ry = xs - (w - 1) / 2.0, ys - (h - 1) / 2.0
+    r2 = rx**2 + ry**2
+    far = r2 > (0.1 * min(h, w)) ** 2  # the radial scale is ill-defined near the centre
+    radial = ((field_[..., 0] - dx) * rx + (field_[..., 1] - dy) * ry)[far] / r2[far]
+    scale = float(np.median(radial)) if radial.size else 0.0
+    return dx, dy, scale * float(np.sqrt(r2).mean())
+
+
+def classify_motion(dx: float, dy: float, zoom: float, static_threshold: float) -> str:
+    """One label from per-frame global motion in 320×576 pixels."""
+    translation = math.hypot(dx, dy)
+    if max(translation, abs(zoom)) < static_threshold:
+        return "static"
+    if abs(zoom) > translation:
+        return "zoom_in" if zoom > 0 else "zoom_out"
+    if abs(dx) >= abs(dy):
+        return "pan_left" if dx > 0 else "pan_right"
+    return "tilt_up" if dy > 0 else "tilt_down"
+
+
+def camera_motion(fields: list[np.ndarray], gaps: np.ndarray, static_threshold: float = 0.5,
+                  agreement: float = 0.5) -> str:
+    """The clip's camera motion label (module docstring); "static" for a single frame."""
+    if not fields:
+        return "static"
+    labels = []
+    for f, g in zip(fields, gaps, strict=True):
+        k = _to_reference(f) / max(g, 1.0)
+        dx, dy, zoom = global_motion(f)
+        labels.append(classify_motion(dx * k, dy * k, zoom * k, static_threshold))
+    values, counts = np.unique(labels, return_counts=True)
+    best = int(np.argmax(counts))
+    return str(values[best]) if counts[best] > agreement * len(labels) else "unknown"
+
+
+# -------------------------------------------------------------------------------------------------- OCR
+def text_area_fraction(frame: np.ndarray) -> float:
+    """Fraction of the frame covered by text-like regions (module docstring)."""
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame
+    h, w = gray.shape
+    gradient = cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    otsu, _ = cv2.threshold(gradient, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    # a flat frame's Otsu threshold sits in the noise; text strokes are strong edges
+    _, edges = cv2.threshold(gradient, max(float(otsu), 40.0), 255, cv2.THRESH_BINARY)
+    kernel_w = max(3, w // 40)
+    closed = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (kernel_w, 1)))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
+    text_area = 0
+    for x, y, bw, bh, area in stats[1:count]:
+        if bh < 6 or bh > h / 4 or bw < 1.5 * bh or area < 0.4 * bw * bh:
+            continue
+        rows = edges[y + bh // 4 : y + bh - bh // 4 + 1, x : x + bw] > 0
+        transitions = np.count_nonzero(rows[:, 1:] & ~rows[:, :-1], axis=1).mean() if rows.size else 0.0
+        if transitions >= 1.2 * bw / bh:
+            text_area += bw * bh
+    return min(1.0, text_area / float(h * w))
+
+
+# ------------------------------------------------------------------------------------ configured models
+class _OpenClip:
+    """CLIP from a local open-clip weights file (lazy import; clear errors when unavailable)."""
+
+    def __init__(self, model_name: str, weights_path: str, device: str) -> None:
+        if not Path(weights_path).exists():
+            raise ConfigError(f"curation.scoring: CLIP weights not found at {weights_path!r}")
+        try:
+            import open_clip
+        except ImportError as exc:
+            raise ConfigError(
+                "curation.scoring: a CLIP weights path is configured but open-clip is not installed "
+                "(pip install open-clip-torch), or unset the path to use the classical measures"
+            ) from exc
+        import torch
+
+        self.torch = torch
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=weights_path, device=device
+        )
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.device = device
+
+    def image_embeddings(self, frames: np.ndarray):
+        batch = self.torch.stack([self.preprocess(Image.fromarray(f)) for f in frames]).to(self.device)
+        with self.torch.no_grad():
+            emb = self.model.encode_image(batch).float()
+        return emb / emb.norm(dim=-1, keepdim=True)
+
+    def text_embeddings(self, texts: list[str]):
+        with self.torch.no_grad():
+            emb = self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
+        return emb / emb.norm(dim=-1, keepdim=True)
+
+
+def _aesthetic_mlp(path: str, dim: int):
+    """The LAION improved-aesthetic-predictor head (keys ``layers.{0,2,4,6,7}``)."""
+    import torch
+    from torch import nn
+
+    class AestheticHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.Sequential(
+                nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+                nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+            )
+
+        def forward(self, x):
+            return self.layers(x)
+
+    if not Path(path).exists():
+        raise ConfigError(f"curation.scoring.aesthetic_mlp_path not found: {path!r}")
+    head = AestheticHead()
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    head.load_state_dict(state, strict=True)
+    return head.eval()
+
+
+# ------------------------------------------------------------------------------------------------ scorer
+@dataclass
+class ClipScorer:
+    """All scorers with their models loaded once (per process); ``score`` works on decoded frames."""
+
+    config: ScoringConfig = field(default_factory=ScoringConfig)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self._clip_aes = self._clip_match = self._mlp = self._db = None
+        if c.aesthetic_clip_path:
+            self._clip_aes = _OpenClip(c.clip_model_name, c.aesthetic_clip_path, c.device)
+            dim = int(self._clip_aes.model.visual.output_dim)
+            self._mlp = _aesthetic_mlp(c.aesthetic_mlp_path, dim)
+        if c.match_clip_path:
+            same = self._clip_aes is not None and c.match_clip_path == c.aesthetic_clip_path
+            self._clip_match = self._clip_aes if same else _OpenClip(c.clip_model_name, c.match_clip_path, c.device)
+        if c.ocr_detector_path:
+            if not Path(c.ocr_detector_path).exists():
+                raise ConfigError(f"curation.scoring.ocr_detector_path not found: {c.ocr_detector_path!r}")
+            self._db = cv2.dnn.TextDetectionModel_DB(c.ocr_detector_path)
+            self._db.setBinaryThreshold(0.3).setPolygonThreshold(0.5)
+            self._db.setInputParams(1.0 / 255.0, c.ocr_detector_size, (122.68, 116.67, 104.01), True)
+
+    @property
+    def methods(self) -> dict[str, str]:
+        return {
+            "aes_method": "clip-mlp" if self._mlp is not None else "classical-sharpness-exposure-colour",
+            "flow_method": "farneback",
+            "ocr_method": "dbnet" if self._db is not None else "text-area",
+            "match_method": "clip" if self._clip_match is not None else "unavailable",
+            "camera_motion_method": "flow-global-motion",
+        }
+
+    # each measure on its own (the benchmark's per-scorer baseline calls these one by one)
+    def aesthetic(self, clip: SampledClip) -> float:
+        if self._mlp is None:
+            return classical_aesthetic(clip.frames)
+        picks = clip.frames[sorted({0, len(clip.frames) // 2, len(clip.frames) - 1})]
+        emb = self._clip_aes.image_embeddings(picks)
+        with self._clip_aes.torch.no_grad():
+            return float(self._mlp(emb).mean())
+
+    def flow(self, clip: SampledClip, fields: list[np.ndarray] | None = None) -> float:
+        fields = flow_fields(clip.frames, self.config.flow_short_side) if fields is None else fields
+        return flow_score(fields, clip.gaps)
+
+    def camera(self, clip: SampledClip, fields: list[np.ndarray] | None = None) -> str:
+        fields = flow_fields(clip.frames, self.config.flow_short_side) if fields is None else fields
+        return camera_motion(fields, clip.gaps, self.config.camera_static_threshold, self.config.camera_agreement)
+
+    def ocr(self, clip: SampledClip) -> float:
+        if self._db is None:
+            return float(np.mean([text_area_fraction(f) for f in clip.frames]))
+        counts = [len(self._db.detect(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[0]) for f in clip.frames]
+        return float(np.mean(counts))
+
+    def match(self, clip: SampledClip, text: str | None) -> float:
+        if self._clip_match is None or not text:
+            return float("nan")
+        image = self._clip_match.image_embeddings(clip.frames[len(clip.frames) // 2][None])
+        words = self._clip_match.text_embeddings([text])
+        return float((image * words).sum())
+
+    def score(self, clip: SampledClip, text: str | None = None) -> dict[str, Any]:
+        """Every score from one set of decoded frames (flow fields computed once for flow and camera)."""
+        fields = flow_fields(clip.frames, self.config.flow_short_side) if len(clip.frames) > 1 else []
+        row: dict[str, Any] = {
+            "aes": self.aesthetic(clip),
+            "flow": self.flow(clip, fields),
+            "ocr": self.ocr(clip),
+            "match": self.match(clip, text),
+            "camera_motion": self.camera(clip, fields),
+        }
+        row.update(self.methods)
+        return row
+
+    def score_path(self, path: str | Path, text: str | None = None, num_frames: int | None = None) -> dict[str, Any]:
+        clip = sample_clip(path, self.config.stride, self.config.max_frames, num_frames)
+        return self.score(clip, text)
