@@ -255,7 +255,7 @@ class VideoBucketDataset(torch.utils.data.Dataset):
             with Image.open(path) as image:
                 frames = np.asarray(image.convert("RGB"))[None]
             frames = resize_crop(frames, key.height, key.width)
-            fps = IMAGE_FPS
+            fps, indices = IMAGE_FPS, np.zeros(1, dtype=np.int64)
         else:
             if key.num_frames == 1:
                 indices = np.array([int(self.rng.integers(0, max(1, int(self._frames[key.row]))))])
@@ -279,6 +279,7 @@ class VideoBucketDataset(torch.utils.data.Dataset):
             "fps": float(fps),  # the clip's own fps, as 1.1 fed it (not divided by frame_interval)
             "path": str(path),
             "row": key.row,
+            "frame_indices": torch.from_numpy(indices),
         }
 
     def _replacement(self, key: SampleKey) -> int | None:
@@ -341,4 +342,5 @@ def collate_bucket_batch(samples: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "path": [s["path"] for s in samples],
         "row": torch.tensor([s["row"] for s in samples], dtype=torch.long),
+        "frame_indices": torch.stack([s["frame_indices"] for s in samples]),
     }
