@@ -61,6 +61,10 @@ _BOUNDS = (
 )
 
 
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
+
+
 _VIDEO_ONLY = frozenset({"duration", "num_frames", "flow"})
 
 
@@ -87,9 +91,9 @@ def filter_reasons(clips: pd.DataFrame, stage: StageFilter) -> pd.Series:
                     continue
                 reasons[i].append(f"{column} is NaN")
             elif kind == "min" and value < bound:
-                reasons[i].append(f"{column} {value:.4g} < {name} {bound:g}")
+                reasons[i].append(f"{column} {_fmt(value)} < {name} {_fmt(bound)}")
             elif kind == "max" and value > bound:
-                reasons[i].append(f"{column} {value:.4g} > {name} {bound:g}")
+                reasons[i].append(f"{column} {_fmt(value)} > {name} {_fmt(bound)}")
     if stage.camera_motion_exclude:
         for i, motion in enumerate(clips["camera_motion"]):
             if motion in stage.camera_motion_exclude:

@@ -26,8 +26,9 @@ Embedded default (no weights) — the classical measures, documented here:
 * ``ocr`` (method ``text-area``): the fraction of the frame covered by text-like regions, mean over the
   sampled frames. A region is text-like when the morphological gradient, thresholded and closed along
   rows, forms a component that is wider than tall (>= 1.5), dense (fill >= 0.4), of plausible line
-  height (6 px to 1/4 of the frame) and crossed by many strokes (>= 1.2 edge transitions per line
-  height of width along its rows; a solid shape has 2 in total). With ``ocr_detector_path`` (a DBNet
+  height (6 px to 1/4 of the frame) and crossed by many strokes (along its middle rows at least 3 edge
+  transitions and at least one per two line heights of width; a solid shape has 2 in total).
+  With ``ocr_detector_path`` (a DBNet
   ONNX model for OpenCV's ``TextDetectionModel_DB``): the number of detected text boxes, 1.1's OCR
   measure (method ``dbnet``).
 * ``match`` (method ``unavailable``): NaN unless ``match_clip_path`` is set; then the cosine similarity
@@ -300,7 +301,7 @@ def text_area_fraction(frame: np.ndarray) -> float:
             continue
         rows = edges[y + bh // 4 : y + bh - bh // 4 + 1, x : x + bw] > 0
         transitions = np.count_nonzero(rows[:, 1:] & ~rows[:, :-1], axis=1).mean() if rows.size else 0.0
-        if transitions >= 1.2 * bw / bh:
+        if transitions >= max(3.0, 0.5 * bw / bh):
             text_area += bw * bh
     return min(1.0, text_area / float(h * w))
 
