@@ -234,8 +234,9 @@ class VideoBucketDataset(torch.utils.data.Dataset):
         if isinstance(key, SampleKey):
             return key
         if isinstance(key, int | np.integer):
-            if "bucket_id" not in self.table.columns:
-                raise KeyError("an integer index needs a bucket table (bucket_* columns); pass a SampleKey")
+            needed = {"bucket_id", "bucket_num_frames", "bucket_height", "bucket_width"}
+            if not needed <= set(self.table.columns):
+                raise KeyError(f"an integer index needs a bucket table (columns {sorted(needed)}); pass a SampleKey")
             r = self.table.iloc[int(key)]
             if pd.isna(r["bucket_id"]):
                 raise KeyError(f"row {int(key)} was dropped by bucketing ({r.get('drop_reason')})")
