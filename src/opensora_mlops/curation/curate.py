@@ -80,6 +80,24 @@ class CurationConfig:
         )
 
 
+FLOAT_COLUMNS = ("aspect_ratio", "fps", "duration", "scene_start", "scene_end", "aes", "flow", "ocr", "match")
+INT_COLUMNS = ("num_frames", "height", "width", "resolution", "frame_start", "frame_end", "scene_index",
+               "part_index", "num_scenes")
+
+
+def normalise_dtypes(df: pd.DataFrame) -> pd.DataFrame:
+    """Known numeric columns as float64/int64 (partitions concatenated from rows may come back as
+    object columns, e.g. an image's missing fps), so the data contracts see one type per column."""
+    out = df.copy()
+    for column in FLOAT_COLUMNS:
+        if column in out.columns:
+            out[column] = pd.to_numeric(out[column], errors="coerce").astype("float64")
+    for column in INT_COLUMNS:
+        if column in out.columns and out[column].notna().all():
+            out[column] = pd.to_numeric(out[column]).astype("int64")
+    return out
+
+
 def empty_dropped() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="int64" if c in {"scene_index", "frame_start", "frame_end"} else "object")
                          for c in DROPPED_COLUMNS})
@@ -232,7 +250,7 @@ def run_scenes(raw: pd.DataFrame, config: CurationConfig) -> tuple[pd.DataFrame,
     scenes = run.kept if len(run.kept.columns) else pd.DataFrame(columns=SCENE_COLUMNS)
     names = {row["path"]: name for row, name in _scene_tasks(raw, config)}
     scenes = scenes.assign(partition=scenes["source_path"].map(names)) if len(scenes) else scenes.assign(partition="")
-    return scenes.reset_index(drop=True), run.dropped, StepReport("scenes", len(run.computed), len(run.reused))
+    return normalise_dtypes(scenes.reset_index(drop=True)), run.dropped, StepReport("scenes", len(run.computed), len(run.reused))
 
 
 def run_clips(
@@ -255,7 +273,7 @@ def run_clips(
     if len(clips):
         names = {t.payload["row"]["path"]: t.name for t in tasks}
         clips = clips.assign(partition=clips["source_path"].map(names))
-    return clips.reset_index(drop=True), run.dropped, StepReport("clips", len(run.computed), len(run.reused))
+    return normalise_dtypes(clips.reset_index(drop=True)), run.dropped, StepReport("clips", len(run.computed), len(run.reused))
 
 
 def run_captions(clips: pd.DataFrame, config: CurationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -283,7 +301,7 @@ def run_scores(captioned: pd.DataFrame, config: CurationConfig) -> tuple[pd.Data
     store = PartitionStore(config.partitions.root, "scores")
     run = run_partitioned(tasks, score_partition, store, config.partitions.workers, "scoring clips",
                           progress=config.partitions.progress)
-    return run.kept.reset_index(drop=True), run.dropped, StepReport("scores", len(run.computed), len(run.reused))
+    return normalise_dtypes(run.kept.reset_index(drop=True)), run.dropped, StepReport("scores", len(run.computed), len(run.reused))
 
 
 def run_stage_filter(clips: pd.DataFrame, config: CurationConfig, stage: str) -> tuple[pd.DataFrame, pd.DataFrame]:
