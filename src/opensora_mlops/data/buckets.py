@@ -442,3 +442,50 @@ def assign_buckets_reference(
     out = table.drop(columns=[c for c in BUCKET_COLUMNS if c in table.columns])
     frame = assignment_frame(Assignment(bucket, ratio, reason), config, index=table.index)
     return pd.concat([out, frame], axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# row checks for the bucket table's data contract (pure pandas; registered by the pipeline)
+# --------------------------------------------------------------------------------------------------
+def bucket_columns_consistent(table: pd.DataFrame) -> pd.Series:
+    """True where a row is either kept with a complete bucket (id = resolution/frames/ratio) and no
+    drop reason, or dropped with a reason and no bucket."""
+    keep = table["keep"].astype(bool)
+    label = (
+        table["bucket_resolution"].astype("string") + "/" + table["bucket_num_frames"].astype("string")
+        + "/" + table["ar_key"].astype("string")
+    )  # fmt: skip
+    kept_ok = (
+        table["bucket_id"].notna() & (table["bucket_id"].astype("string") == label).fillna(False)
+        & table["batch_size"].notna() & table["drop_reason"].isna()
+    )  # fmt: skip
+    dropped_ok = table["bucket_id"].isna() & table["drop_reason"].notna()
+    return pd.Series(np.where(keep, kept_ok, dropped_ok), index=table.index)
+
+
+def bucket_fits_sample(table: pd.DataFrame) -> pd.Series:
+    """True where a kept row's bucket is no larger than the sample allows: images only in 1-frame
+    buckets, videos only in buckets of fewer frames than they have, ``H·W >= 0.8 · pixels`` of the
+    bucket resolution, and (bucket H, W) the resolution table's entry for ``ar_key``."""
+    from opensora_mlops.data.aspect import aspect_tables
+
+    tables = aspect_tables()
+    ok = pd.Series(True, index=table.index)
+    kept = table["keep"].astype(bool).to_numpy()
+    if not kept.any():
+        return ok
+    sub = table[kept]
+    t = sub["num_frames"].to_numpy(dtype=np.int64)
+    bt = sub["bucket_num_frames"].to_numpy(dtype=np.int64)
+    frames_ok = np.where(t == 1, bt == 1, (bt != 1) & (t > bt))
+    res = sub["bucket_resolution"].astype(str).to_numpy()
+    pixels = np.array([tables[r].pixels if r in tables else np.inf for r in res])
+    hw = sub["height"].to_numpy(dtype=np.float64) * sub["width"].to_numpy(dtype=np.float64)
+    size_ok = np.array(
+        [
+            r in tables and tables[r].ratios.get(k) == (int(h), int(w))
+            for r, k, h, w in zip(res, sub["ar_key"].astype(str), sub["bucket_height"], sub["bucket_width"], strict=True)
+        ]
+    )
+    ok.loc[kept] = frames_ok & (hw >= PIXEL_SLACK * pixels) & size_ok
+    return ok

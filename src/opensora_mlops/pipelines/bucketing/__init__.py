@@ -1,0 +1,1 @@
+"""Bucketing pipeline: each stage's filtered clips -> bucket table, summary and data contract."""
