@@ -1,12 +1,49 @@
-"""Project pipelines: every folder under ``pipelines/`` with a ``create_pipeline``."""
+"""Project pipelines: every folder under ``pipelines/`` with a ``create_pipeline``, plus the training
+template's stages ``stage1``, ``stage2`` and ``stage3`` (namespaced instances of one template)."""
 
 from __future__ import annotations
 
-from kedro.framework.project import find_pipelines
+import importlib
+import importlib.resources
+
 from kedro.pipeline import Pipeline
+
+from opensora_mlops.pipelines.training.pipeline import create_stage_pipelines
+
+# `kedro run` with no --pipelines chains these (Kedro orders nodes by their data anyway); any other
+# discovered pipeline (evaluation, export, …) follows them.
+DEFAULT_ORDER = ("ingestion", "curation", "bucketing", "autoencoder", "stage1", "stage2", "stage3")
+
+
+def discover_pipelines() -> dict[str, Pipeline]:
+    """Kedro's ``find_pipelines`` rule with the project's convention: ``create_pipeline`` may live in a
+    pipeline package's ``__init__`` (Kedro's lookup) or in its ``pipeline.py``. Import errors are raised,
+    not swallowed. (Kedro 1.7's own ``find_pipelines`` filters by the CLI's ``--pipelines`` names, which
+    would skip the packages the namespaced ``stage1``/``stage2``/``stage3`` are built from.)"""
+    import opensora_mlops.pipelines as package
+
+    names = sorted(
+        p.name for p in importlib.resources.files(package).iterdir()
+        if p.is_dir() and not p.name.startswith((".", "_"))
+    )  # fmt: skip
+    found: dict[str, Pipeline] = {}
+    for name in names:
+        module = importlib.import_module(f"{package.__name__}.{name}")
+        if not hasattr(module, "create_pipeline"):
+            module = importlib.import_module(f"{package.__name__}.{name}.pipeline")
+        if not hasattr(module, "create_pipeline"):
+            raise KeyError(f"pipelines/{name} has no create_pipeline() in __init__.py or pipeline.py")
+        pipeline = module.create_pipeline()
+        if not isinstance(pipeline, Pipeline):
+            raise TypeError(f"pipelines/{name}: create_pipeline() returned {type(pipeline).__name__}, not a Pipeline")
+        found[name] = pipeline
+    return found
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    pipelines = discover_pipelines()
+    pipelines.update(create_stage_pipelines())  # "training" (discovered) = all three stages together
+    ordered = [name for name in DEFAULT_ORDER if name in pipelines]
+    others = [name for name in pipelines if name not in DEFAULT_ORDER and name != "training"]
+    pipelines["__default__"] = sum((pipelines[name] for name in ordered + others), Pipeline([]))
     return pipelines

@@ -336,7 +336,8 @@ def train_stage(
                 save_weights(ema.shadow, tmp / "ema")
             (tmp / "train_state.json").write_text(json.dumps(
                 {"stage": cfg.stage, "steps": step, "samples_seen": samples_seen, "last_loss": last_loss,
-                 "resumed_from": resumed_from, "checkpoint": str(path)}, indent=2))
+                 "resumed_from": resumed_from, "checkpoint": str(path),
+                 "wall_seconds": time.time() - start_time}, indent=2))
             if final.exists():
                 import shutil
 

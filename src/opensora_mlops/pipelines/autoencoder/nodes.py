@@ -1,0 +1,76 @@
+"""Nodes of the autoencoder pipeline (thin: the model math is in :mod:`opensora_mlops.models.vae`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from opensora_mlops.config import ConfigError, check_keys
+
+logger = logging.getLogger(__name__)
+
+AUTOENCODER_KEYS = ("pretrained", "out_dir", "steps", "lr", "batch_size", "frames_per_clip", "height", "width",
+                    "max_clips", "seed", "kl_weight", "micro_batch_size", "video_root")
+
+
+def _frames_for_fitting(clips: pd.DataFrame, params: dict[str, Any]) -> torch.Tensor:
+    from opensora_mlops.data.dataset import decode_all_frames, resize_crop, to_model_range
+
+    rng = np.random.default_rng(int(params.get("seed", 0)))
+    rows = clips.sample(n=min(len(clips), int(params.get("max_clips", 32))), random_state=int(params.get("seed", 0)))
+    root = Path(params["video_root"]) if params.get("video_root") else None
+    frames = []
+    for path in rows["path"].astype(str):
+        p = Path(path)
+        p = root / p if root is not None and not p.is_absolute() else p
+        video, _ = decode_all_frames(p)
+        pick = rng.choice(len(video), size=min(len(video), int(params.get("frames_per_clip", 4))), replace=False)
+        chosen = resize_crop(video[np.sort(pick)], int(params.get("height", 144)), int(params.get("width", 256)))
+        frames.append(to_model_range(chosen).permute(1, 0, 2, 3))  # [T, 3, H, W]
+    if not frames:
+        raise ConfigError("the autoencoder pipeline found no clips to fit on")
+    return torch.cat(frames)
+
+
+def fit_vae(clips: pd.DataFrame, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Fit the tiny VAE on frames of the curated clips (or reference a pretrained VAE directory).
+
+    Returns the VAE manifest (``{"type": "pretrained", "from_pretrained": dir, ...}`` — the vae config
+    every later pipeline uses) and fitting metrics.
+    """
+    from opensora_mlops.models.vae import VideoAutoencoder, fit_autoencoder
+
+    check_keys(params, AUTOENCODER_KEYS, "autoencoder parameters")
+    if params.get("pretrained"):
+        path = Path(params["pretrained"])
+        VideoAutoencoder.from_pretrained(path)  # fail here, not in stage 3, if the directory is wrong
+        logger.info("autoencoder: using the pretrained VAE at %s (no fitting)", path)
+        manifest = {"type": "pretrained", "from_pretrained": str(path)}
+        if params.get("micro_batch_size"):
+            manifest["micro_batch_size"] = int(params["micro_batch_size"])
+        return manifest, {"fitted": 0.0}
+    torch.manual_seed(int(params.get("seed", 0)))
+    frames = _frames_for_fitting(clips, params)
+    vae = VideoAutoencoder.tiny(seed=int(params.get("seed", 0)))
+    history = fit_autoencoder(vae, frames, steps=int(params.get("steps", 200)), lr=float(params.get("lr", 1e-3)),
+                              batch_size=int(params.get("batch_size", 8)),
+                              kl_weight=float(params.get("kl_weight", 1e-6)), seed=int(params.get("seed", 0)))
+    with torch.no_grad():
+        sample = frames[: min(16, len(frames))].permute(1, 0, 2, 3)[None]  # [1, 3, T, H, W]
+        recon = vae.decode(vae.encode(sample), size=tuple(sample.shape[-2:]))
+        psnr = float(10 * torch.log10(4.0 / (recon - sample).pow(2).mean().clamp_min(1e-10)))
+    out_dir = Path(params.get("out_dir", "data/06_models/vae"))
+    vae.save_pretrained(out_dir)
+    metrics = {"fitted": 1.0, "final_loss": float(history[-1]), "first_loss": float(history[0]),
+               "recon_psnr_db": psnr, "scale_factor": float(vae.scale_factor), "num_frames": float(len(frames))}
+    (out_dir / "fit_metrics.json").write_text(json.dumps(metrics, indent=2))
+    manifest = {"type": "pretrained", "from_pretrained": str(out_dir)}
+    if params.get("micro_batch_size"):
+        manifest["micro_batch_size"] = int(params["micro_batch_size"])
+    return manifest, metrics

@@ -1,0 +1,215 @@
+"""Nodes of the training template. Thin: the trainer lives in :mod:`opensora_mlops.training`.
+
+Each stage's parameters are ``training_shared`` (common to every stage) overlaid with the stage's own
+``<stage>.training`` block; unknown keys are errors. Metrics reach MLflow through the callback
+:func:`tracking_callback` supplies; the run itself is opened by the project hooks
+(:mod:`opensora_mlops.hooks`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from opensora_mlops.config import ConfigError, check_keys
+from opensora_mlops.training.trainer import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+# keys used by the pipeline around the trainer (everything else goes to TrainConfig)
+PIPELINE_KEYS = ("name", "batch_scale", "frame_interval", "text_encoder", "data_source", "cache", "validation",
+                 "runs_root", "cache_root", "launcher", "video_root", "threads")
+TRAIN_KEYS = tuple(f for f in TrainConfig.__dataclass_fields__ if f not in ("stage", "run_dir", "data"))
+CACHE_KEYS = ("holdout_fraction", "batch_size")
+VALIDATION_KEYS = ("timesteps", "batch_size", "seed")
+
+
+def stage_settings(stage: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
+    """``shared`` overlaid with ``stage``; unknown keys raise :class:`ConfigError` naming them."""
+    name = stage.get("name", "stage")
+    check_keys(shared, (*PIPELINE_KEYS, *TRAIN_KEYS), "training_shared parameters")
+    check_keys(stage, (*PIPELINE_KEYS, *TRAIN_KEYS), f"{name}.training parameters")
+    merged = {**shared, **stage}
+    if "name" not in merged:
+        raise ConfigError("every stage's training parameters need a 'name' (stage1, stage2, …)")
+    check_keys(merged.get("cache") or {}, CACHE_KEYS, f"{name}.cache")
+    check_keys(merged.get("validation") or {}, VALIDATION_KEYS, f"{name}.validation")
+    return merged
+
+
+def _train_config(settings: dict[str, Any], data: dict[str, Any], init_from: str | None) -> dict[str, Any]:
+    values = {k: settings[k] for k in TRAIN_KEYS if k in settings}
+    values.update(stage=settings["name"], run_dir=str(Path(settings.get("runs_root", "data/06_models")) / settings["name"]),
+                  data=data)
+    if init_from is not None:
+        values["init_from"] = init_from
+    return values
+
+
+def cache_stage_latents(bucket_table: pd.DataFrame, vae_model: dict[str, Any], stage: dict[str, Any],
+                        shared: dict[str, Any]) -> dict[str, Any]:
+    """Encode the stage's kept clips once (VAE latents + text embeddings) into data/05_model_input."""
+    import torch
+
+    from opensora_mlops.models.text_encoder import build_text_encoder
+    from opensora_mlops.training.components import build_vae
+    from opensora_mlops.training.latents import (
+        bucket_config_from_table,
+        build_stage_caches,
+        check_bucket_table,
+    )
+
+    s = stage_settings(stage, shared)
+    kept = check_bucket_table(bucket_table, f"{s['name']}.bucket_table")
+    bucket_config_from_table(kept)  # an unknown resolution is an error here, before any encoding
+    out_dir = Path(s.get("cache_root", "data/05_model_input")) / f"{s['name']}_latents"
+    if s.get("data_source", "cache") == "online":
+        return {"source": "online", "stage": s["name"], "num_rows": len(kept)}
+    if s.get("threads"):
+        torch.set_num_threads(int(s["threads"]))
+    cache = s.get("cache") or {}
+    manifest = build_stage_caches(
+        kept, out_dir, build_vae(vae_model), build_text_encoder(s["text_encoder"]),
+        frame_interval=int(s.get("frame_interval", 1)), video_root=s.get("video_root"),
+        holdout_fraction=float(cache.get("holdout_fraction", 0.0)), seed=int(s.get("seed", 0)),
+        batch_size=int(cache.get("batch_size", 4)), meta={"stage": s["name"]},
+    )  # fmt: skip
+    return {"source": "cache", "stage": s["name"], **manifest}
+
+
+def tracking_callback(stage: str, data_version: str | None = None):
+    """Trainer events -> the active MLflow run (the stage's nested run opened by the hooks)."""
+    import mlflow
+
+    def callback(kind: str, payload: dict[str, Any]) -> None:
+        if mlflow.active_run() is None:
+            return
+        if kind == "metrics":
+            step = int(payload["step"])
+            values = {k: float(v) for k, v in payload.items()
+                      if k != "step" and isinstance(v, int | float) and math.isfinite(float(v))}
+            mlflow.log_metrics(values, step=step)
+        elif kind == "start":
+            mlflow.log_dict(payload.get("config", {}), f"config/{stage}_resolved.json")
+            tags = {"stage": stage, "world_size": str(payload.get("world_size", 1))}
+            if data_version:
+                tags["data_version"] = data_version
+            mlflow.set_tags(tags)
+        elif kind == "sample":
+            mlflow.log_artifact(payload["path"], artifact_path="samples")
+        elif kind == "resume":
+            mlflow.set_tag("resumed_from_step", str(payload.get("step")))
+        elif kind == "checkpoint":
+            mlflow.set_tag("last_checkpoint", payload.get("path", ""))
+
+    return callback
+
+
+def _init_from(stage_settings_: dict[str, Any], init_model: dict[str, Any] | None) -> str | None:
+    if init_model is not None:
+        return init_model["weights_dir"]
+    return stage_settings_.get("init_from")
+
+
+def train_stage(latent_cache: dict[str, Any], vae_model: dict[str, Any], stage: dict[str, Any],
+                shared: dict[str, Any], init_model: dict[str, Any] | None = None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train (or resume) the stage; returns the model manifest and the stage's training metrics."""
+    import torch
+
+    from opensora_mlops.training.launch import launch
+
+    s = stage_settings(stage, shared)
+    if s.get("threads"):
+        torch.set_num_threads(int(s["threads"]))
+    if latent_cache.get("stage") not in (None, s["name"]):
+        raise ConfigError(f"{s['name']}: latent cache belongs to {latent_cache.get('stage')}")
+    data: dict[str, Any] = {"source": latent_cache.get("source", "cache"), "batch_scale": s.get("batch_scale", 1.0),
+                            "vae": vae_model, "text_encoder": s["text_encoder"]}
+    if data["source"] == "cache":
+        data["cache_dir"] = latent_cache["train_dir"]
+    else:
+        data.update(bucket_table=str(Path(s.get("cache_root", "data/05_model_input")) / f"{s['name']}_bucket_table.parquet"),
+                    frame_interval=int(s.get("frame_interval", 1)), video_root=s.get("video_root"))
+    cfg = _train_config(s, data, _init_from(s, init_model))
+    losses: list[float] = []
+    rates: list[float] = []
+    mlflow_cb = tracking_callback(s["name"], latent_cache.get("table_hash"))
+
+    def callback(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "metrics":
+            losses.append(float(payload["loss"]))
+            rates.append(float(payload["samples_per_s"]))
+        mlflow_cb(kind, payload)
+
+    result = launch(cfg, callback=callback, launcher=s.get("launcher", "torchrun"))
+    final = Path(result.final_dir)
+    weights = final / "ema" if (final / "ema").exists() else final / "model"
+    model_config = json.loads((final / "model" / "config.json").read_text())
+    manifest = {
+        "stage": s["name"], "run_dir": result.run_dir, "final_dir": str(final), "model_dir": str(final / "model"),
+        "ema_dir": str(final / "ema") if (final / "ema").exists() else None, "weights_dir": str(weights),
+        "steps": result.steps, "model_config": model_config, "text_encoder": s["text_encoder"], "vae": vae_model,
+        "data_version": latent_cache.get("table_hash"), "init_dir": cfg.get("init_from"),
+    }
+    tail = losses[-10:] or [result.last_loss]
+    metrics = {
+        "steps": result.steps, "samples_seen": result.samples_seen, "last_loss": result.last_loss,
+        "mean_loss_last_10": sum(tail) / len(tail),
+        "samples_per_s": (sum(rates) / len(rates)) if rates else None,
+        "resumed_from": result.resumed_from, "wall_seconds": result.wall_seconds,
+    }
+    return manifest, metrics
+
+
+def validate_stage(model: dict[str, Any], latent_cache: dict[str, Any], stage: dict[str, Any],
+                   shared: dict[str, Any], reference_cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Held-out loss (fixed timesteps and noise) of the stage's weights vs the weights it started from.
+
+    ``val_loss`` is measured on the reference held-out set (stage 1's), the same for every stage, so the
+    numbers of successive stages are comparable; ``val_loss_own`` on this stage's held-out clips.
+    """
+    import torch
+
+    from opensora_mlops.models.stdit2 import STDiT2
+    from opensora_mlops.training.latents import LatentCache
+    from opensora_mlops.training.trainer import build_stage_model, load_train_config, resolve_init_dir
+    from opensora_mlops.training.validation import DEFAULT_VAL_TIMESTEPS, validation_loss
+
+    s = stage_settings(stage, shared)
+    v = s.get("validation") or {}
+    timesteps = v.get("timesteps", list(DEFAULT_VAL_TIMESTEPS))
+    reference = reference_cache or latent_cache
+    if not reference.get("val_dir"):
+        logger.warning("%s: no held-out clips (cache.holdout_fraction is 0); skipping validation", s["name"])
+        return {"stage": s["name"], "val_loss": None}
+    trained = STDiT2.from_pretrained(model["weights_dir"])
+    cfg = load_train_config(_train_config(s, {}, s.get("init_from")), where=f"{s['name']} validation")
+    torch.manual_seed(cfg.seed)  # as the trainer seeds its fresh init
+    start = build_stage_model(cfg)  # the stage's starting point: fresh init (seeded) or the given weights
+    init_dir = model.get("init_dir")
+    if s.get("init_from") or init_dir:
+        start = STDiT2.from_pretrained(resolve_init_dir(init_dir or s["init_from"]))
+    kwargs = dict(timesteps=timesteps, seed=int(v.get("seed", 0)), num_timesteps=int(s.get("num_timesteps", 1000)),
+                  batch_size=int(v.get("batch_size", 8)))
+    ref = LatentCache(reference["val_dir"])
+    after = validation_loss(trained, ref, **kwargs)
+    before = validation_loss(start, ref, **kwargs)
+    out = {"stage": s["name"], "val_loss": after["val_loss"], "val_mse": after["val_mse"],
+           "val_loss_init": before["val_loss"], "val_count": after["val_count"], "timesteps": list(timesteps)}
+    if latent_cache.get("val_dir") and latent_cache["val_dir"] != reference["val_dir"]:
+        own = validation_loss(trained, LatentCache(latent_cache["val_dir"]), **kwargs)
+        out["val_loss_own"] = own["val_loss"]
+    try:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.log_metrics({k: float(out[k]) for k in ("val_loss", "val_mse", "val_loss_init")})
+    except ImportError:  # tracking is optional for the node itself
+        pass
+    return out
