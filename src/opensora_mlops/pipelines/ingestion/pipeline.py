@@ -1,0 +1,29 @@
+"""Ingestion pipeline wiring (nodes in :mod:`.nodes`)."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node
+
+from opensora_mlops.pipelines.ingestion import nodes
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    params = "params:ingestion"
+    return Pipeline(
+        [
+            node(nodes.collect_candidates, params,
+                 ["ingestion.candidates", "ingestion.listing_quarantine", "synthetic_ground_truth",
+                  "ingestion.listing_counts"],
+                 name="collect_candidates"),
+            node(nodes.probe_candidates, ["ingestion.candidates", params],
+                 ["ingestion.probed", "ingestion.probe_quarantine"], name="probe_candidates"),
+            node(nodes.validate_raw_metadata, ["ingestion.probed", params], "raw_metadata",
+                 name="validate_raw_metadata"),
+            node(nodes.collect_quarantine, ["ingestion.listing_quarantine", "ingestion.probe_quarantine"],
+                 "raw_quarantine", name="collect_raw_quarantine"),
+            node(nodes.summarize_ingestion,
+                 ["ingestion.candidates", "raw_metadata", "raw_quarantine", "ingestion.listing_counts", params],
+                 "ingestion_summary", name="summarize_ingestion"),
+        ],
+        tags=["ingestion"],
+    )
