@@ -120,6 +120,7 @@ class GaussianDiffusion:
         first = self.posterior_variance[1:2] if betas.numel() > 1 else betas[:1]
         self.posterior_log_variance_clipped = torch.log(torch.cat([first, self.posterior_variance[1:]]))
         self.log_betas = torch.log(betas)
+        self._device_tables: dict[tuple[int, str], torch.Tensor] = {}
 
     @property
     def num_timesteps(self) -> int:
@@ -141,8 +142,19 @@ class GaussianDiffusion:
     def gather(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``table[t]`` as float32 on ``like``'s device, shaped [B, 1, 1, ...] to broadcast against ``like``."""
         self._check_t(t, like.shape[0])
-        values = table[t.detach().cpu().long()].to(device=like.device, dtype=torch.float32)
+        values = self._on_device(table, like.device)[t.to(like.device).long()]
         return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+    def _on_device(self, table: torch.Tensor, device: torch.device) -> torch.Tensor:
+        # Tables are gathered several times per step: keep one float32 copy per device instead of
+        # copying host tables to an accelerator at every call.
+        if device.type == "cpu":
+            return table.to(torch.float32)
+        key = (id(table), str(device))
+        cached = self._device_tables.get(key)
+        if cached is None:
+            cached = self._device_tables[key] = table.to(device=device, dtype=torch.float32)
+        return cached
 
     # ------------------------------------------------------------------ forward process
     def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor):

@@ -86,6 +86,7 @@ class IDDPM:
                 f"timestep_respacing {timestep_respacing!r} keeps {self.timestep_map.numel()} step; need at least 2"
             )
         self.diffusion = GaussianDiffusion(respaced_betas(self.base.alphas_cumprod, self.timestep_map.tolist()))
+        self._timestep_maps: dict[str, torch.Tensor] = {"cpu": self.timestep_map}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> IDDPM:
@@ -116,7 +117,10 @@ class IDDPM:
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Original-chain timesteps for respaced indices ``t`` (what the network is conditioned on)."""
-        return self.timestep_map.to(t.device)[t.long()]
+        key = str(t.device)
+        if key not in self._timestep_maps:
+            self._timestep_maps[key] = self.timestep_map.to(t.device)
+        return self._timestep_maps[key][t.long()]
 
     def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """Uniform training timesteps: a long tensor [batch] of indices into the respaced chain."""
@@ -261,6 +265,8 @@ class IDDPM:
             raise ValueError(f"noise must be [B, C, T, H, W], got shape {tuple(noise.shape)}")
         batch, _, frames = noise.shape[:3]
         start = None
+        if x_cond is not None and x_mask is None:
+            raise ValueError("x_cond was given without x_mask: say which frames it conditions")
         if x_mask is not None:
             frame_mask = _check_float_frame_mask(x_mask, batch, frames).to(noise.device)
             start = self.frame_start_steps(frame_mask)
