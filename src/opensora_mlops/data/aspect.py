@@ -49,8 +49,15 @@ class AspectTable:
     def closest_ratio_many(self, height: np.ndarray, width: np.ndarray) -> np.ndarray:
         """Vectorised :meth:`closest_ratio`: index into :attr:`ratio_keys` for every (height, width)."""
         ratio = np.asarray(height, dtype=np.float64) / np.asarray(width, dtype=np.float64)
-        # argmin returns the first minimum, the same tie rule as closest_ratio
-        return np.argmin(np.abs(ratio[:, None] - self.ratio_values[None, :]), axis=1)
+        values = self.ratio_values
+        if values.size < 2 or np.any(np.diff(values) <= 0):
+            # argmin returns the first minimum, the same tie rule as closest_ratio
+            return np.argmin(np.abs(ratio[:, None] - values[None, :]), axis=1)
+        # sorted keys: the nearest is one of the two neighbours of the insertion point; comparing the
+        # same |difference| values as argmin (lower index on a tie) gives identical answers
+        upper = np.clip(np.searchsorted(values, ratio), 1, values.size - 1)
+        lower = upper - 1
+        return np.where(np.abs(ratio - values[lower]) <= np.abs(ratio - values[upper]), lower, upper)
 
     def size(self, ratio_key: str) -> tuple[int, int]:
         """(H, W) of a ratio key; KeyError names the valid keys."""

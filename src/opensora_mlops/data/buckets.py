@@ -267,7 +267,7 @@ def assign_arrays(
     group_start = np.array([np.flatnonzero(res_of == r)[0] for r in res_of])
 
     bucket = np.full(n, -1, dtype=np.int64)
-    reason = np.full(n, REASON_NO_FIT, dtype=object)
+    reason_code = np.zeros(n, dtype=np.int8)  # 0 kept, 1 no bucket fits, 2 not drawn
     for lo in range(0, n, chunk_size):
         hi = min(n, lo + chunk_size)
         t = num_frames[lo:hi, None]
@@ -283,13 +283,14 @@ def assign_arrays(
         accepted = candidate & (uniform_draws(seed, epoch, ids[lo:hi], k_keys) < k_prob[None, :])
         has = accepted.any(axis=1)
         bucket[lo:hi] = np.where(has, accepted.argmax(axis=1), -1)
-        reason[lo:hi] = np.where(has, "", np.where(candidate.any(axis=1), REASON_NOT_DRAWN, REASON_NO_FIT))
+        reason_code[lo:hi] = np.where(has, 0, np.where(candidate.any(axis=1), 2, 1))
 
     ratio = np.full(n, -1, dtype=np.int64)
     for r, name in enumerate(config.resolutions):
         rows = np.flatnonzero(np.isin(bucket, np.flatnonzero(res_of == r)))
         if rows.size:
             ratio[rows] = config.tables[name].closest_ratio_many(height[rows], width[rows])
+    reason = np.array(["", REASON_NO_FIT, REASON_NOT_DRAWN], dtype=object)[reason_code]
     return Assignment(bucket=bucket, ratio=ratio, reason=reason)
 
 
