@@ -100,3 +100,35 @@ def test_ingestion_params_are_strict(project):
         collect_candidates({"sorce": "folder"})
     with pytest.raises(ConfigError, match="num_vidoes"):
         collect_candidates({"synthetic": {"num_vidoes": 1}})
+
+
+def test_contract_node_stops_a_table_the_probe_let_through(tmp_path):
+    """Probe limits loosened past the contract (fps ≤ 240): the contract node refuses the table."""
+    from fractions import Fraction
+
+    import av
+
+    from opensora_mlops.data.contracts import ContractError
+    from opensora_mlops.pipelines.ingestion import nodes
+
+    root = tmp_path / "user"
+    root.mkdir()
+    write_video(root / "ok.mp4", np.zeros((4, 32, 32, 3), dtype=np.uint8), fps=24)
+    with av.open(str(root / "fast.mp4"), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(1000))
+        stream.height = stream.width = 32
+        stream.pix_fmt = "yuv420p"
+        for _ in range(4):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    params = {"source": "folder", "folder": {"root": str(root)}, "probe": {"max_fps": 2000},
+              "contracts_dir": str(tmp_path / "contracts"), "progress": False}
+    candidates, _, _, _ = nodes.collect_candidates(params)
+    probed, quarantine = nodes.probe_candidates(candidates, params)
+    assert len(probed) == 2 and quarantine.empty
+    with pytest.raises(ContractError) as info:
+        nodes.validate_raw_metadata(probed, params)
+    assert "column='fps'" in str(info.value) and str((root / "fast.mp4").resolve()) in str(info.value)
+    assert "FAILED" in (tmp_path / "contracts" / "raw_metadata.md").read_text()

@@ -209,6 +209,14 @@ def test_deterministic_and_cleans_stale_files(tmp_path):
     b, _ = read_video(tmp_path / "b" / second[0].path)
     # identical frames in; x264's threading may move a few pixel values by a level or two
     assert np.abs(a.astype(np.int16) - b).mean() < 0.2
+    # same recipe again: the existing files are kept byte for byte (stable for DVC)
+    before = (tmp_path / "a" / first[0].path).stat().st_mtime_ns
+    assert generate_corpus(tmp_path / "a", cfg, progress=False) == first
+    assert (tmp_path / "a" / first[0].path).stat().st_mtime_ns == before
+    # a missing file forces regeneration
+    (tmp_path / "a" / first[0].path).unlink()
+    assert generate_corpus(tmp_path / "a", cfg, progress=False) == first
+    assert (tmp_path / "a" / first[0].path).is_file()
     # regenerate "a" with fewer files: the old ones are gone
     generate_corpus(tmp_path / "a", dict(cfg, num_videos=0), progress=False)
     assert [p.name for p in (tmp_path / "a").iterdir()] == [GROUND_TRUTH_FILE]

@@ -215,12 +215,13 @@ def list_folder(cfg: FolderSourceConfig | Mapping[str, Any]) -> tuple[pd.DataFra
 
 
 def synthetic_candidates(out_dir: str | Path, cfg: SyntheticConfig | Mapping[str, Any] | None,
-                         progress: bool = True) -> tuple[pd.DataFrame, list[VideoTruth]]:
-    """Generate the synthetic corpus in ``out_dir``; candidates carry the ground-truth video captions.
+                         progress: bool = True, reuse: bool = True) -> tuple[pd.DataFrame, list[VideoTruth]]:
+    """Generate (or reuse, see :func:`generate_corpus`) the synthetic corpus in ``out_dir``; candidates
+    carry the ground-truth video captions.
 
     Broken files get no caption (they have no frames); the probe quarantines them.
     """
-    videos = generate_corpus(out_dir, cfg, progress=progress)
+    videos = generate_corpus(out_dir, cfg, progress=progress, reuse=reuse)
     root = Path(out_dir).resolve()
     rows = [
         {"path": str(root / v.path), "text": None if v.kind in BROKEN_KINDS else v.caption, "source": "synthetic"}

@@ -587,22 +587,37 @@ def _truncate(path: Path, keep_fraction: float = 0.4) -> None:
     path.write_bytes(data[: max(1, int(len(data) * keep_fraction))])
 
 
+def _existing_corpus(out_dir: Path, cfg: SyntheticConfig) -> tuple[list[VideoTruth] | None, set[str]]:
+    """(the corpus already in ``out_dir`` if it was made from ``cfg`` and is complete, else None; its files)."""
+    path = out_dir / GROUND_TRUTH_FILE
+    if not path.exists():
+        return None, set()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        videos = [VideoTruth.from_json(v) for v in data["videos"]]
+    except (ValueError, KeyError, TypeError):  # an unreadable old ground truth: nothing to reuse or clean
+        return None, set()
+    names = {v.path for v in videos}
+    complete = data.get("config") == _config_json(cfg) and all((out_dir / n).is_file() for n in names)
+    return (videos if complete else None), names
+
+
 def generate_corpus(out_dir: str | Path, config: SyntheticConfig | Mapping[str, Any] | None = None,
-                    progress: bool = True) -> list[VideoTruth]:
+                    progress: bool = True, reuse: bool = True) -> list[VideoTruth]:
     """Write the synthetic corpus into ``out_dir`` and its ground truth to ``out_dir/ground_truth.json``.
 
-    Files a previous generation left in ``out_dir`` (named in its ground truth) and no longer produced are
-    removed, so a listing of the folder always matches the ground truth.
+    With ``reuse`` an existing corpus made from the same config (all its files present) is kept as is:
+    H.264 encoding is not bit-reproducible across runs, and rewriting identical content would make DVC
+    see new data and re-run everything downstream. Files a previous generation left in ``out_dir``
+    (named in its ground truth) and no longer produced are removed, so a listing of the folder always
+    matches the ground truth.
     """
     cfg = config if isinstance(config, SyntheticConfig) else SyntheticConfig.from_dict(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    previous = set()
-    if (out_dir / GROUND_TRUTH_FILE).exists():
-        try:
-            previous = {v.path for v in load_ground_truth(out_dir)}
-        except (ValueError, KeyError, TypeError):  # an unreadable old ground truth: nothing to clean up
-            previous = set()
+    existing, previous = _existing_corpus(out_dir, cfg)
+    if reuse and existing is not None:
+        return existing
 
     rng = np.random.default_rng(cfg.seed)
     min_shot_frames_for = lambda fps: max(1, int(np.ceil(cfg.min_shot_seconds * fps)))  # noqa: E731

@@ -604,6 +604,8 @@ def _write_reports(contract: ContractResult, spec: Mapping[str, Any], raw: Mappi
             column = "check: " + column.removeprefix("__check__")
         elif "column_B" in kwargs:
             column = f"{kwargs['column_A']} > {kwargs['column_B']}"
+        elif "column_set" in kwargs:
+            column = "required: " + ", ".join(kwargs["column_set"])
         res = item.get("result") or {}
         rows = ", ".join(_failed_rows(res, "path")) if not item["success"] else ""
         count = res.get("unexpected_count")

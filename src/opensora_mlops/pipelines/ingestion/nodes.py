@@ -27,6 +27,7 @@ class IngestionParams:
     source: str = "synthetic"
     synthetic_dir: str = "data/01_raw/synthetic"
     synthetic: dict[str, Any] = field(default_factory=dict)
+    regenerate_synthetic: bool = False
     folder: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)
     contracts_dir: str | None = "data/08_reporting/contracts"
@@ -53,7 +54,8 @@ def collect_candidates(params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFra
     """
     cfg = _params(params)
     if cfg.source == "synthetic":
-        candidates, videos = synthetic_candidates(cfg.synthetic_dir, cfg.synthetic, progress=cfg.progress)
+        candidates, videos = synthetic_candidates(cfg.synthetic_dir, cfg.synthetic, progress=cfg.progress,
+                                                  reuse=not cfg.regenerate_synthetic)
         truth = ground_truth_table(videos, cfg.synthetic_dir)
         log.info("synthetic corpus: %d files in %s (kinds: %s)", len(videos), cfg.synthetic_dir,
                  truth.drop_duplicates("path")["kind"].value_counts().to_dict())
@@ -92,6 +94,7 @@ def summarize_ingestion(candidates: pd.DataFrame, raw_metadata: pd.DataFrame, ra
     cfg = _params(params)
     summary = summarize(raw_metadata, raw_quarantine)
     summary["candidates"] = len(candidates)
+    summary["total_video_seconds"] = round(summary["total_video_seconds"], 3)
     summary["source"] = cfg.source
     summary["root"] = str(Path(cfg.synthetic_dir if cfg.source == "synthetic" else cfg.folder.get("root", "")))
     summary.update({k: int(v) for k, v in listing_counts.items()})
