@@ -488,6 +488,8 @@ def test_sampling_is_reproducible_with_a_generator_and_shows_progress(capsys):
     assert "sampling" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         diffusion.sample(net, noise, y, y_mask, y_null, {}, x_cond=noise, x_mask=torch.full((2, 3), 1.5))
+    with pytest.raises(ValueError, match="without x_mask"):
+        diffusion.sample(net, noise, y, y_mask, y_null, {}, x_cond=noise, progress=False)
     with pytest.raises(ValueError, match="explicit argument"):
         diffusion.sample(net, noise, y, y_mask, y_null, {"y": y}, progress=False)
 
