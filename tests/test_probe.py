@@ -93,6 +93,14 @@ def test_absurd_fps_and_dimensions(tmp_path):
     # the same file passes when the limit allows it
     assert P.probe_media(fast, P.ProbeConfig(max_fps=2000)).fps == 1000
 
+    huge = tmp_path / "huge.png"  # 9000 px wide: refused from the header, before decoding
+    from PIL import Image
+
+    Image.new("RGB", (9000, 20)).save(huge)
+    with pytest.raises(P.ProbeFailure) as info:
+        P.probe_media(huge)
+    assert info.value.reason == P.REASON_BAD_DIMENSIONS and "20x9000" in info.value.detail
+
     tiny = tmp_path / "tiny.mp4"
     write_video(tiny, np.zeros((2, 8, 8, 3), dtype=np.uint8), fps=24)
     with pytest.raises(P.ProbeFailure) as info:
@@ -175,6 +183,7 @@ def test_user_folder_with_captions_csv(tmp_path):
     (root / ".DS_Store").write_bytes(b"\x00")
     (tmp_path / "secret.mp4").write_bytes(b"outside")
     (root / "link.mp4").symlink_to(tmp_path / "secret.mp4")
+    (root / "again.mp4").symlink_to(root / "d.mp4")  # a second name for a listed file
     rows = [
         b"path,text",
         b"a.mp4,a calm lake at dawn",
@@ -203,6 +212,7 @@ def test_user_folder_with_captions_csv(tmp_path):
     assert reasons["link.mp4"] == S.REASON_OUTSIDE_ROOT
     assert reasons["missing.mp4"] == S.REASON_CAPTION_FILE_MISSING
     assert reasons["notes.txt"] == S.REASON_UNSUPPORTED
+    assert reasons["again.mp4"] == S.REASON_DUPLICATE_FILE
     assert (quarantine["reason"] == S.REASON_DUPLICATE_CAPTION).sum() == 1
     bad_encoding = quarantine[quarantine["reason"] == S.REASON_BAD_ENCODING].iloc[0]
     assert "line 4" in bad_encoding["detail"] and "0xe9" in bad_encoding["detail"]

@@ -106,11 +106,21 @@ class MediaInfo:
         return self.num_frames / self.fps if self.fps == self.fps and self.fps > 0 else float("nan")
 
 
-def _probe_image(path: Path) -> MediaInfo:
+def _check_dimensions(height: int, width: int, cfg: ProbeConfig) -> None:
+    short, long = sorted((int(height), int(width)))
+    if short < cfg.min_side or long > cfg.max_side:
+        raise ProbeFailure(REASON_BAD_DIMENSIONS, f"{height}x{width} px (H x W); "
+                           f"allowed sides {cfg.min_side}..{cfg.max_side} px")
+
+
+def _probe_image(path: Path, cfg: ProbeConfig) -> MediaInfo:
     try:
         with Image.open(path) as image:
-            image.load()  # decode the pixels: a truncated file fails here, not at open
             width, height = image.size
+            _check_dimensions(height, width, cfg)  # before decoding: a 100k x 100k PNG is a memory bomb
+            image.load()  # decode the pixels: a truncated file fails here, not at open
+    except Image.DecompressionBombError as exc:
+        raise ProbeFailure(REASON_BAD_DIMENSIONS, str(exc)) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ProbeFailure(REASON_BAD_IMAGE, f"{type(exc).__name__}: {exc}") from exc
     return MediaInfo(1, int(height), int(width), float("nan"))
@@ -164,6 +174,8 @@ def _probe_video(path: Path, cfg: ProbeConfig) -> MediaInfo:
         fps = float(rate) if rate else 0.0
         header_frames = int(stream.frames or 0)
         height, width = int(stream.codec_context.height), int(stream.codec_context.width)
+        if height and width:  # refuse absurd sizes before decoding a single frame
+            _check_dimensions(height, width, cfg)
         decoded = 0
         rotation = 0
         try:
@@ -202,16 +214,13 @@ def probe_media(path: str | Path, cfg: ProbeConfig | None = None) -> MediaInfo:
         raise ProbeFailure(REASON_EMPTY, str(path))
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
-        info = _probe_image(path)
+        info = _probe_image(path, cfg)
     elif suffix in VIDEO_SUFFIXES:
         info = _probe_video(path, cfg)
     else:
         raise ProbeFailure(REASON_UNSUPPORTED, f"suffix {suffix!r}; supported: "
                            f"{sorted(VIDEO_SUFFIXES | IMAGE_SUFFIXES)}")
-    short, long = sorted((info.height, info.width))
-    if short < cfg.min_side or long > cfg.max_side:
-        raise ProbeFailure(REASON_BAD_DIMENSIONS, f"{info.height}x{info.width} px (H x W); "
-                           f"allowed sides {cfg.min_side}..{cfg.max_side} px")
+    _check_dimensions(info.height, info.width, cfg)
     if suffix in VIDEO_SUFFIXES and not 0 < info.fps <= cfg.max_fps:
         raise ProbeFailure(REASON_BAD_FPS, f"{info.fps:g} fps; allowed (0, {cfg.max_fps:g}]")
     return info

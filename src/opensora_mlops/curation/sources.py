@@ -36,6 +36,7 @@ REASON_CAPTION_FILE_MISSING = "captioned file not found"
 REASON_DUPLICATE_CAPTION = "duplicate path in captions CSV"
 REASON_MALFORMED_ROW = "malformed captions CSV row"
 REASON_UNSUPPORTED = "unsupported file type"
+REASON_DUPLICATE_FILE = "duplicate file (link to a listed file)"
 LIST_STAGE = "ingestion.list"
 
 CANDIDATE_COLUMNS = ["path", "text", "source"]
@@ -186,8 +187,10 @@ def list_folder(cfg: FolderSourceConfig | Mapping[str, Any]) -> tuple[pd.DataFra
 
     pattern = "**/*" if cfg.recursive else "*"
     candidates, quarantine = [], list(captions.quarantine)
+    listed: set[Path] = set()
     counts = {"hidden_files_ignored": 0, "unsupported_files_ignored": 0}
-    for path in sorted(root.glob(pattern)):
+    # real files before symlinks, so a link to a listed file is the one reported as the duplicate
+    for path in sorted(root.glob(pattern), key=lambda p: (p.is_symlink(), p)):
         if not path.is_file() and not path.is_symlink():
             continue
         rel_parts = path.relative_to(root).parts
@@ -210,6 +213,11 @@ def list_folder(cfg: FolderSourceConfig | Mapping[str, Any]) -> tuple[pd.DataFra
             else:
                 counts["unsupported_files_ignored"] += 1
             continue
+        if resolved in listed:  # two links to one file: probing and training it twice would skew the data
+            quarantine.append({"path": str(path), "reason": REASON_DUPLICATE_FILE,
+                               "detail": f"same file as {resolved}", "stage": LIST_STAGE})
+            continue
+        listed.add(resolved)
         candidates.append({"path": str(resolved), "text": captions.captions.get(resolved), "source": "folder"})
     return candidates_frame(candidates), quarantine_frame(quarantine), counts
 

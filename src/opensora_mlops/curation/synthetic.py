@@ -620,7 +620,9 @@ def generate_corpus(out_dir: str | Path, config: SyntheticConfig | Mapping[str, 
         return existing
 
     rng = np.random.default_rng(cfg.seed)
-    min_shot_frames_for = lambda fps: max(1, int(np.ceil(cfg.min_shot_seconds * fps)))  # noqa: E731
+
+    def min_shot_frames_for(fps: float) -> int:
+        return max(1, int(np.ceil(cfg.min_shot_seconds * fps)))
 
     # the plan first (cheap, deterministic), then the rendering with a progress bar
     plan: list[tuple[str, dict[str, Any]]] = []
