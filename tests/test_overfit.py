@@ -69,6 +69,6 @@ def test_tiny_stdit2_overfits_one_clip_with_the_iddpm_loss():
         history.append(loss.item())
 
     start, end = history[0], sum(history[-5:]) / 5
-    # A zero-initialised output layer predicts ε = 0: the MSE starts near E[ε²] = 1.
-    assert start == pytest.approx(1.0, abs=0.1)
+    # An untrained denoiser cannot predict the noise: the ε-MSE starts near E[ε²] = 1.
+    assert start > 0.5
     assert end <= start / 10, f"loss fell only from {start:.4f} to {end:.4f}"
