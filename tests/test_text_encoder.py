@@ -15,8 +15,6 @@ from opensora_mlops.models.text_encoder import (
     build_text_encoder,
 )
 
-torch.set_num_threads(2)
-
 
 @pytest.fixture(scope="module")
 def minilm() -> MiniLMTextEncoder:
