@@ -32,10 +32,11 @@ Deliberate differences from the 1.1 code (see DESIGN.md "Known defects"):
    vectors). 1.1 rotated first and normalised the rotated vectors, which breaks RoPE's relative-position
    property; ``qk_norm_legacy=True`` restores that order for the released weights.
 3. The final layer conditions every frame on its own timestep embedding alone (the sample's ``t`` for
-   noisy frames, ``t = 0`` for conditioning frames). 1.1 used ``t`` for noisy frames but
-   ``t0 + size/aspect-ratio embedding`` for conditioning frames. Only the outputs at conditioning frames
-   differ, and neither the loss nor the sampler uses those; ``final_layer_legacy=True`` restores the
-   1.1 arithmetic bit for bit.
+   noisy frames, ``t = 0`` for conditioning frames), normalising once. 1.1 used ``t`` for noisy frames
+   but, for conditioning frames, ``t0 + size/aspect-ratio embedding`` applied to the *already modulated*
+   tokens (LayerNorm -> modulate(t) -> LayerNorm -> modulate(t0 + data_info)). Only the outputs at
+   conditioning frames differ, and neither the loss nor the sampler uses those;
+   ``final_layer_legacy=True`` restores the 1.1 arithmetic.
 
 Implementation choices for speed: activations stay in ``[B, T', S, C]`` so spatial attention needs no
 copy; every attention goes through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels
@@ -99,7 +100,7 @@ class STDiT2Config:
     qk_norm: bool = True
     class_dropout_prob: float = 0.1  # training only: probability of replacing a caption by the null one
     qk_norm_legacy: bool = False  # True: 1.1's RoPE-then-norm order in temporal attention
-    final_layer_legacy: bool = False  # True: 1.1's t0 + data_info for conditioning frames at the output
+    final_layer_legacy: bool = False  # True: 1.1's double-normalised t0 + data_info output for conditioning frames
     grad_checkpointing: bool = False
     vae_downsample_factor: int = 8  # pixel/latent ratio, used only for default height/width conditions
 
@@ -312,16 +313,24 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.qk_norm_legacy = qk_norm_legacy
 
+    def qk_norm(self, qk: torch.Tensor) -> torch.Tensor:
+        """RMSNorm of stacked ``[2, ..., head_dim]`` queries and keys in one kernel, each its own weight."""
+        if isinstance(self.q_norm, nn.Identity):
+            return qk
+        weight = torch.stack([self.q_norm.weight, self.k_norm.weight]).view(2, *([1] * (qk.ndim - 2)), -1)
+        return F.rms_norm(qk, (qk.shape[-1],), eps=self.q_norm.eps) * weight
+
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         n, length, dim = x.shape
-        q, k, v = self.qkv(x).view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = self.qkv(x).view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [3, N, heads, L, D]
+        qk, v = qkv[:2], qkv[2]
         if rope is not None and self.qk_norm_legacy:  # 1.1: rotate, then normalise the rotated vectors
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            q, k = self.q_norm(q), self.k_norm(k)
+            qk = self.qk_norm(apply_rope(qk, *rope))
         else:
-            q, k = self.q_norm(q), self.k_norm(k)
+            qk = self.qk_norm(qk)
             if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                qk = apply_rope(qk, *rope)
+        q, k = qk.unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, L, head_dim]
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
 
@@ -442,9 +451,22 @@ class T2IFinalLayer(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, t0: torch.Tensor | None, x_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        t0: torch.Tensor | None,
+        x_mask: torch.Tensor | None,
+        legacy: bool = False,
     ) -> torch.Tensor:
         # t, t0: [B, C]; the table's two rows are shift and scale.
+        if legacy and x_mask is not None:
+            # 1.1: conditioning frames re-normalised the already modulated tokens, then modulated them
+            # again with t0 + data_info (passed in as t0).
+            shift, scale = frame_modulation(self.scale_shift_table, t, None, None)
+            noisy = modulate(self.norm_final(x), shift, scale)
+            shift0, scale0 = frame_modulation(self.scale_shift_table, t0, None, None)
+            conditioned = modulate(self.norm_final(noisy), shift0, scale0)
+            return self.linear(torch.where(x_mask[:, :, None, None], noisy, conditioned))
         shift, scale = frame_modulation(self.scale_shift_table, t, t0, x_mask)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
@@ -669,8 +691,9 @@ class STDiT2(nn.Module):
                 h = block(*args)
 
         # 1.1 (final_layer_legacy): conditioning frames also saw the size/aspect-ratio embedding here
-        t0_final = t0_emb + data_info if cfg.final_layer_legacy and x_mask is not None else t0_emb
-        h = self.final_layer(h, t_emb, t0_final, x_mask)  # [B, T', S, patch*out]
+        legacy = cfg.final_layer_legacy and x_mask is not None
+        t0_final = t0_emb + data_info if legacy else t0_emb
+        h = self.final_layer(h, t_emb, t0_final, x_mask, legacy=legacy)  # [B, T', S, patch*out]
         return self.unpatchify(h, grid_h, grid_w, (frames, lat_h, lat_w)).float()
 
     def _drop_captions(self, y: torch.Tensor) -> torch.Tensor:

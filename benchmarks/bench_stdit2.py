@@ -1,0 +1,300 @@
+"""ST-DiT-2 speed: training step (forward + backward) and sampling step (forward), tokens/s, MFU on GPU.
+
+    python benchmarks/bench_stdit2.py --quick                       # CPU, tiny config, < 1 min
+    python benchmarks/bench_stdit2.py                               # CPU, tiny config, more sizes
+    python benchmarks/bench_stdit2.py --device cuda                 # STDiT2-XL/2, bf16, 240x426 x 16/64 frames
+    python benchmarks/bench_stdit2.py --reference-repo /tmp/opensora-v1.1.0   # also time Open-Sora 1.1
+
+``--reference-repo`` points at a local checkout of hpcaitech/Open-Sora at tag v1.1.0 (never part of this
+project). Its STDiT2 is built with the same config, loaded with *our* weights, checked for agreement with
+our model in its legacy mode (``qk_norm_legacy=True, final_layer_legacy=True``) and timed on the same
+inputs. 1.1 imports packages it needs only on GPU clusters; the loader supplies what it must:
+``xformers`` (CUDA only) by an SDPA emulation of ``memory_efficient_attention`` with a block-diagonal
+mask (one SDPA per sample, the same arithmetic), ``mmengine``'s registry, and 1.1's checkpoint
+helpers (unused by the model). ``timm`` and ``rotary-embedding-torch`` must be importable (e.g.
+``pip install --target /tmp/refdeps --no-deps timm==0.9.16 rotary-embedding-torch==0.5.3`` and
+``PYTHONPATH=/tmp/refdeps``); the script says so when they are missing.
+
+Model FLOPs (for MFU) are counted analytically: 2 x (multiply-adds of every linear/conv on the tokens it
+sees: video tokens, caption tokens) + the attention matmuls (spatial S^2, temporal T^2, cross S*L per
+frame); a training step is 3 x a forward. MFU uses ``--peak-tflops`` (989 = H100/H200 bf16 dense).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from opensora_mlops.models.stdit2 import STDiT2, build_model
+
+# --- inputs and FLOPs ------------------------------------------------------------------------------------
+
+
+def make_inputs(model: STDiT2, batch: int, frames: int, lat_h: int, lat_w: int, device, caption_tokens=None):
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    length = cfg.model_max_length
+    real = caption_tokens or max(1, length * 3 // 5)
+    mask = torch.zeros(batch, length, dtype=torch.long)
+    mask[:, :real] = 1
+    f = cfg.vae_downsample_factor
+    return dict(
+        x=torch.randn(batch, cfg.in_channels, frames, lat_h, lat_w, generator=g).to(device),
+        timestep=torch.randint(0, 1000, (batch,), generator=g).float().to(device),
+        y=torch.randn(batch, length, cfg.caption_channels, generator=g).to(device),
+        mask=mask.to(device),
+        height=torch.full((batch,), float(lat_h * f), device=device),
+        width=torch.full((batch,), float(lat_w * f), device=device),
+        ar=torch.full((batch,), lat_h / lat_w, device=device),
+        fps=torch.full((batch,), 24.0, device=device),
+        num_frames=torch.full((batch,), float(frames), device=device),
+    )
+
+
+def forward_flops(model: STDiT2, batch: int, frames: int, lat_h: int, lat_w: int) -> tuple[float, int]:
+    """Analytic model FLOPs of one forward and the number of video tokens."""
+    cfg = model.config
+    pt, ph, pw = cfg.patch_size
+    t, s = math.ceil(frames / pt), math.ceil(lat_h / ph) * math.ceil(lat_w / pw)
+    c, length, tokens = cfg.hidden_size, cfg.model_max_length, batch * t * s
+    per_token = cfg.depth * (8 * c * c + 2 * c * c + 2 * cfg.mlp_ratio * c * c)  # self attns, cross q/proj, mlp
+    per_token += cfg.in_channels * pt * ph * pw * c + c * pt * ph * pw * cfg.out_channels
+    per_text = cfg.caption_channels * c + c * c + cfg.depth * 2 * c * c  # y_proj, kv_linear per block
+    attention = cfg.depth * 4 * c * batch * (t * s * s + s * t * t + t * s * length)
+    return 2 * per_token * tokens + 2 * per_text * batch * length + attention, tokens
+
+
+# --- timing ------------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn, device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def train_step(model, kwargs):
+    def step():
+        model.zero_grad(set_to_none=True)
+        out = model(**kwargs)
+        out.float().square().mean().backward()
+
+    return step
+
+
+def sample_step(model, kwargs):
+    @torch.no_grad()
+    def step():
+        model(**kwargs)
+
+    return step
+
+
+# --- Open-Sora 1.1 reference -----------------------------------------------------------------------------
+
+
+def _xformers_emulation() -> types.ModuleType:
+    """``xformers.ops`` as 1.1's cross-attention uses it, on top of SDPA (xformers has no CPU kernels)."""
+
+    class BlockDiagonalMask:
+        def __init__(self, q_seqlen, kv_seqlen):
+            self.q_seqlen, self.kv_seqlen = list(q_seqlen), list(kv_seqlen)
+
+        @classmethod
+        def from_seqlens(cls, q_seqlen, kv_seqlen=None):
+            return cls(q_seqlen, kv_seqlen if kv_seqlen is not None else q_seqlen)
+
+    def memory_efficient_attention(q, k, v, p=0.0, attn_bias=None):  # [1, tokens, heads, dim]
+        q, k, v = (a.transpose(1, 2) for a in (q, k, v))
+        if attn_bias is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            outs = []
+            for qs, ks, vs in zip(q.split(attn_bias.q_seqlen, dim=2), k.split(attn_bias.kv_seqlen, dim=2),
+                                  v.split(attn_bias.kv_seqlen, dim=2), strict=True):
+                outs.append(F.scaled_dot_product_attention(qs, ks, vs, dropout_p=p))
+            out = torch.cat(outs, dim=2)
+        return out.transpose(1, 2).contiguous()  # xformers returns [1, tokens, heads, dim] contiguous
+
+    ops = types.ModuleType("xformers.ops")
+    ops.memory_efficient_attention = memory_efficient_attention
+    ops.fmha = types.SimpleNamespace(BlockDiagonalMask=BlockDiagonalMask)
+    return ops
+
+
+def load_reference_stdit2(repo: Path):
+    """Import 1.1's ``opensora/models/stdit/stdit2.py`` from a checkout without its package __init__s."""
+    missing = [name for name in ("timm", "rotary_embedding_torch", "einops", "transformers")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"--reference-repo needs {', '.join(missing)} importable (see this script's docstring)")
+    root = repo / "opensora"
+    if not (root / "models" / "stdit" / "stdit2.py").is_file():
+        raise SystemExit(f"{repo} is not an Open-Sora v1.1.0 checkout (no opensora/models/stdit/stdit2.py)")
+
+    def package(name: str, path: Path | None = None) -> types.ModuleType:
+        module = types.ModuleType(name)
+        module.__path__ = [str(path)] if path else []
+        sys.modules[name] = module
+        return module
+
+    def load(name: str, path: Path) -> types.ModuleType:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    if importlib.util.find_spec("xformers") is None:
+        package("xformers")
+        sys.modules["xformers.ops"] = _xformers_emulation()
+        sys.modules["xformers"].ops = sys.modules["xformers.ops"]
+    for name in ("opensora", "opensora.models", "opensora.models.layers", "opensora.models.stdit",
+                 "opensora.acceleration", "opensora.utils"):
+        package(name, root.joinpath(*name.split(".")[1:]))
+    registry = types.ModuleType("opensora.registry")
+    registry.MODELS = types.SimpleNamespace(register_module=lambda *a, **k: (lambda obj: obj))
+    sys.modules["opensora.registry"] = registry
+    ckpt = types.ModuleType("opensora.utils.ckpt_utils")
+    ckpt.load_checkpoint = None  # only used when 1.1 loads weights itself; we load ours
+    sys.modules["opensora.utils.ckpt_utils"] = ckpt
+    for name in ("acceleration.checkpoint", "acceleration.parallel_states", "acceleration.communications",
+                 "models.layers.blocks", "models.stdit.stdit2"):
+        module = load(f"opensora.{name}", root.joinpath(*name.split(".")).with_suffix(".py"))
+    return module
+
+
+def build_reference(module, ours: STDiT2):
+    cfg = ours.config
+    config = module.STDiT2Config(
+        depth=cfg.depth, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, patch_size=cfg.patch_size,
+        in_channels=cfg.in_channels, mlp_ratio=cfg.mlp_ratio, caption_channels=cfg.caption_channels,
+        model_max_length=cfg.model_max_length, input_sq_size=cfg.input_sq_size, qk_norm=cfg.qk_norm,
+        class_dropout_prob=cfg.class_dropout_prob, pred_sigma=cfg.pred_sigma,
+    )
+    reference = module.STDiT2(config)
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    return reference
+
+
+def reference_kwargs(kwargs: dict) -> dict:
+    out = dict(kwargs)
+    out["y"] = kwargs["y"][:, None]  # 1.1 wants [B, 1, L, C]
+    return out
+
+
+# --- main --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 1 min on CPU)")
+    parser.add_argument("--config", default=None, help="model name (default: STDiT2-tiny on CPU, XL/2 on CUDA)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                        help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU")
+    parser.add_argument("--reference-repo", type=Path, default=None,
+                        help="local Open-Sora v1.1.0 checkout to compare against")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    torch.set_num_threads(args.threads)
+    on_gpu = device.type == "cuda"
+    name = args.config or ("STDiT2-XL/2" if on_gpu else "STDiT2-tiny")
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if on_gpu else torch.float32)
+    if on_gpu:  # 240x426 video -> 30x53 latents (VAE factor 8)
+        sizes = [(16, 30, 53)] if args.quick else [(16, 30, 53), (64, 30, 53)]
+        batch = args.batch or 1
+    else:  # latent sizes of 128x128 and 144x256 video
+        sizes = [(8, 16, 16)] if args.quick else [(8, 16, 16), (16, 18, 32)]
+        batch = args.batch or 2
+    warmup, repeats = (1, 3) if args.quick else (2, 7)
+
+    torch.manual_seed(0)
+    model = build_model(name, grad_checkpointing=args.grad_checkpointing, class_dropout_prob=0.0)
+    model = model.to(device=device, dtype=dtype).train()
+    with torch.no_grad():  # non-zero output projections so every branch does real work
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    runner = torch.compile(model) if args.compile else model
+
+    reference = None
+    if args.reference_repo is not None:
+        module = load_reference_stdit2(args.reference_repo)
+        reference = build_reference(module, model).to(device=device, dtype=dtype).train()
+        if args.grad_checkpointing:
+            module_ckpt = sys.modules["opensora.acceleration.checkpoint"]
+            module_ckpt.set_grad_checkpoint(reference)
+        legacy = build_model(name, qk_norm_legacy=True, final_layer_legacy=True, class_dropout_prob=0.0)
+        legacy = legacy.to(device=device, dtype=dtype).eval()
+        legacy.load_state_dict(model.state_dict())
+
+    params = sum(p.numel() for p in model.parameters())
+    print(f"# {name}: {params / 1e6:.2f}M parameters, device={device}, dtype={str(dtype).split('.')[-1]}, "
+          f"batch={batch}, threads={torch.get_num_threads()}, grad_checkpointing={args.grad_checkpointing}, "
+          f"compile={args.compile}")
+    header = f"{'frames x H x W (latent)':>24} {'tokens':>7} {'train s/step':>12} {'tokens/s':>9} {'sample s/step':>13}"
+    if on_gpu:
+        header += f" {'train MFU':>9} {'sample MFU':>10}"
+    if reference is not None:
+        header += f" {'1.1 train s':>11} {'1.1 sample s':>12} {'train x':>7} {'sample x':>8} {'max |diff|':>10}"
+    print(header)
+    summary = []
+    for frames, lat_h, lat_w in sizes:
+        kwargs = make_inputs(model, batch, frames, lat_h, lat_w, device)
+        x_mask = torch.ones(batch, frames, dtype=torch.bool, device=device)
+        x_mask[0, 0] = False  # one conditioning frame: exercises the t0 modulation path
+        kwargs["x_mask"] = x_mask
+        flops, tokens = forward_flops(model, batch, frames, lat_h, lat_w)
+        train_s = time_call(train_step(runner, kwargs), device, warmup, repeats)
+        sample_s = time_call(sample_step(runner, kwargs), device, warmup, repeats)
+        row = f"{f'{frames} x {lat_h} x {lat_w}':>24} {tokens:>7} {train_s:>12.4f} {tokens / train_s:>9.0f} {sample_s:>13.4f}"
+        if on_gpu:
+            row += f" {3 * flops / train_s / args.peak_tflops / 1e12:>9.1%} {flops / sample_s / args.peak_tflops / 1e12:>10.1%}"
+        entry = f"{frames}x{lat_h}x{lat_w}: train {train_s:.3f}s ({tokens / train_s:.0f} tok/s), sample {sample_s:.3f}s"
+        if reference is not None:
+            ref_kwargs = reference_kwargs(kwargs)
+            with torch.no_grad():
+                reference.eval()
+                diff = (reference(**ref_kwargs).float() - legacy(**kwargs)).abs().max().item()
+                reference.train()
+            ref_train = time_call(train_step(reference, ref_kwargs), device, warmup, repeats)
+            ref_sample = time_call(sample_step(reference, ref_kwargs), device, warmup, repeats)
+            row += (f" {ref_train:>11.4f} {ref_sample:>12.4f} {ref_train / train_s:>6.2f}x {ref_sample / sample_s:>7.2f}x"
+                    f" {diff:>10.2e}")
+            entry += f", vs 1.1 train {ref_train / train_s:.2f}x sample {ref_sample / sample_s:.2f}x (|diff| {diff:.1e})"
+        print(row, flush=True)
+        summary.append(entry)
+    print(f"SUMMARY {name} on {device} ({str(dtype).split('.')[-1]}, batch {batch}): " + "; ".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
