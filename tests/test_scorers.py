@@ -159,3 +159,18 @@ def test_unreadable_clip_and_misconfigured_models(tmp_path):
         ClipScorer(ScoringConfig(ocr_detector_path=str(tmp_path / "db.onnx")))
     with pytest.raises(ConfigError, match="strid"):
         ScoringConfig.from_dict({"strid": 2})
+
+
+def test_sharpness_measures_blur_not_contrast_or_resolution():
+    from opensora_mlops.curation.scorers import sharpness, sharpness_score
+
+    edge = np.zeros((64, 64), np.float64)
+    edge[:, 32:] = 1.0
+    for contrast in (40.0, 200.0):
+        crisp = (edge * contrast).astype(np.uint8)
+        soft = cv2.GaussianBlur(crisp, (0, 0), 3)
+        assert sharpness_score(crisp) == 1.0
+        assert sharpness_score(soft) < 0.2
+    low, high = (sharpness(cv2.GaussianBlur((edge * c).astype(np.uint8), (0, 0), 1.5)) for c in (60.0, 240.0))
+    assert low == pytest.approx(high, rel=0.1)
+    assert sharpness(np.full((32, 32), 128, np.uint8)) == 0.0

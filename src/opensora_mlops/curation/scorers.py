@@ -8,9 +8,12 @@ video again.) Each score comes with a ``<score>_method`` column saying how it wa
 Embedded default (no weights) — the classical measures, documented here:
 
 * ``aes`` (method ``classical-sharpness-exposure-colour``), 0–10:
-  ``10 * (0.6 * S + 0.2 * E + 0.2 * C)``, averaged over the first, middle and last sampled frames, with
-  S = min(1, log(1 + var(Laplacian(gray))) / log(1 + 1000)) (sharpness: variance of the Laplacian on
-  0–255 grey, 1000 or more counts as fully sharp),
+  ``10 * S * (0.3 + 0.4 * E + 0.3 * C)``, averaged over the first, middle and last sampled frames.
+  Sharpness gates the score (a blurred frame is poor whatever its colours); with, on 0–255 grey,
+  S = clip(log10(R / 0.01), 0, 1), R = mean(Laplacian²) / mean(|Sobel gradient|²): the variance of the
+  Laplacian normalised by the gradient energy, so it measures edge width (blur) independently of edge
+  contrast, amount of texture and resolution (a blurred edge of width s has R ~ 1/s²; R >= 0.1 counts
+  as sharp, R <= 0.01 as fully blurred; a frame without edges has S = 0);
   E = min(1, (p99 - p1) / 0.6) * (1 - blown fraction) (exposure as tonal range: luma percentiles on
   0–1, blown = pixels above 0.98; a dark background under a lit subject is not underexposure),
   C = min(1, M / 109) with Hasler–Süsstrunk colourfulness M = sqrt(sd(rg)² + sd(yb)²) +
@@ -169,8 +172,21 @@ def sample_clip(path: str | Path, stride: int = 4, max_frames: int = 16, num_fra
 
 # ----------------------------------------------------------------------------------------------- aesthetic
 def sharpness(gray: np.ndarray) -> float:
-    """Variance of the Laplacian of a 0–255 grey image (higher = sharper)."""
-    return float(cv2.Laplacian(gray.astype(np.float64), cv2.CV_64F).var())
+    """Normalised variance of the Laplacian: mean(Laplacian²) / mean(|Sobel gradient|²) on 0–255 grey.
+
+    About 1/s² for edges blurred to width s, whatever their contrast or number; 0 for a flat frame.
+    """
+    g = gray.astype(np.float64)
+    laplacian = cv2.Laplacian(g, cv2.CV_64F)
+    gradient = cv2.Sobel(g, cv2.CV_64F, 1, 0) ** 2 + cv2.Sobel(g, cv2.CV_64F, 0, 1) ** 2
+    energy = float(gradient.mean())
+    return float((laplacian**2).mean() / energy) if energy > 1e-6 else 0.0
+
+
+def sharpness_score(gray: np.ndarray) -> float:
+    """S in [0, 1]: log10 of :func:`sharpness` between 0.01 (fully blurred) and 0.1 (sharp)."""
+    ratio = sharpness(gray)
+    return 0.0 if ratio <= 0 else float(np.clip(math.log10(ratio / 0.01), 0.0, 1.0))
 
 
 def colourfulness(frame: np.ndarray) -> float:
@@ -197,10 +213,10 @@ def classical_aesthetic(frames: np.ndarray) -> float:
     scores = []
     for i in picks:
         gray = cv2.cvtColor(frames[i], cv2.COLOR_RGB2GRAY)
-        s = min(1.0, math.log1p(sharpness(gray)) / math.log1p(1000.0))
+        s = sharpness_score(gray)
         e = exposure(gray)
         c = min(1.0, colourfulness(frames[i]) / 109.0)
-        scores.append(10.0 * (0.6 * s + 0.2 * e + 0.2 * c))
+        scores.append(10.0 * s * (0.3 + 0.4 * e + 0.3 * c))
     return float(np.mean(scores))
 
 
