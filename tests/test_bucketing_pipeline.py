@@ -44,7 +44,7 @@ def filtered_clips(folder: Path, n: int = 60, seed: int = 0) -> pd.DataFrame:
         rows.append(
             dict(path=str(path), text=f"clip {i}", num_frames=frames, height=h, width=w, aspect_ratio=h / w,
                  fps=fps if not image else np.nan, resolution=h * w, duration=frames / 24.0,
-                 scene_start=0.0, scene_end=frames / 24.0 + 0.01, frame_start=0, frame_end=frames)
+                 scene_start=0.0, scene_end=0.0 if image else frames / 24.0, frame_start=0, frame_end=frames)
         )  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -16,6 +16,8 @@ from opensora_mlops.config import ConfigError, check_keys, strict_dataclass  # n
 from opensora_mlops.data import contracts  # noqa: E402
 from opensora_mlops.data.buckets import (  # noqa: E402
     BUCKET_COLUMNS,
+    REASON_NO_FIT,
+    REASON_NOT_DRAWN,
     StageBucketing,
     assign_buckets,
     bucket_columns_consistent,
@@ -41,9 +43,14 @@ contracts.register_row_check(
      "bucket_height", "bucket_width"),
     bucket_fits_sample,
 )
-contracts.extend_suite(
-    BUCKET_SUITE,
-    {
+
+
+def _bucket_suite_spec() -> dict[str, Any]:
+    """The shared ``filtered_clips`` spec plus the bucket columns. Still images have scene times 0 to 0,
+    so the shared spec's "scene_end > scene_start" pair is left to curation's own contract."""
+    base = contracts.get_suite_spec("filtered_clips")
+    base["pairs"] = [p for p in base["pairs"] if p.get("greater") != "scene_end"]
+    extra = {
         "description": "a stage's bucket table: its filtered clips, each with a bucket or a drop reason",
         "columns": {
             "bucket_id": "str", "bucket_resolution": "str", "bucket_num_frames": "int", "bucket_height": "int",
@@ -52,11 +59,13 @@ contracts.extend_suite(
         "not_null": ["keep"],
         "ranges": {"bucket_num_frames": {"min": 1}, "bucket_height": {"min": 1}, "bucket_width": {"min": 1},
                    "batch_size": {"min": 1}},
-        "in_set": {"drop_reason": ["no_bucket_fits", "not_drawn"]},
+        "in_set": {"drop_reason": [REASON_NO_FIT, REASON_NOT_DRAWN]},
         "checks": ["bucket_columns_consistent", "bucket_fits_sample"],
-    },
-    base="filtered_clips",
-)  # fmt: skip
+    }  # fmt: skip
+    return contracts.merge_specs(base, extra)
+
+
+contracts.register_suite(BUCKET_SUITE, _bucket_suite_spec(), replace=True)
 
 
 @dataclass(frozen=True)
@@ -129,12 +138,16 @@ def summarise_buckets(
         "bucket_config": {res: {str(t): v for t, v in e.items()} for res, e in spec.bucket_config.to_dict().items()},
         "columns": BUCKET_COLUMNS,
     }
-    return summary, report, bucket_chart(summary, stage)
+    dropped = ", ".join(f"{k} {v}" for k, v in report["dropped"].items()) or "none"
+    note = f"kept {report['kept']} of {report['rows']} clips; dropped: {dropped}"
+    return summary, report, bucket_chart(summary, stage, note)
 
 
-def bucket_chart(summary: pd.DataFrame, stage: str) -> plt.Figure:
+def bucket_chart(summary: pd.DataFrame, stage: str, note: str = "") -> plt.Figure:
     """Horizontal bars: samples per bucket, coloured by resolution."""
-    height = max(2.5, 0.3 * len(summary) + 1.2)
+    from matplotlib.patches import Patch
+
+    height = max(2.5, 0.3 * len(summary) + 1.4)
     figure, axes = plt.subplots(figsize=(7, height))
     if len(summary):
         resolutions = list(dict.fromkeys(summary["bucket_resolution"]))
@@ -143,13 +156,13 @@ def bucket_chart(summary: pd.DataFrame, stage: str) -> plt.Figure:
             summary["bucket_id"].astype(str), summary["samples"],
             color=[colours[r] for r in summary["bucket_resolution"]],
         )  # fmt: skip
-        for r, c in colours.items():
-            axes.bar(0, 0, color=c, label=r)
-        axes.legend(title="resolution", loc="lower right")
+        axes.legend(handles=[Patch(color=c, label=r) for r, c in colours.items()], title="resolution",
+                    loc="lower right")
         axes.invert_yaxis()
     else:
         axes.text(0.5, 0.5, "no kept samples", ha="center", va="center", transform=axes.transAxes)
     axes.set_xlabel("samples")
-    axes.set_title(f"{stage}: samples per bucket (resolution / frames / H:W)")
+    axes.set_title(f"{stage}: samples per bucket (resolution / frames / H:W)" + (f"\n{note}" if note else ""),
+                   fontsize=10)
     figure.tight_layout()
     return figure
