@@ -66,7 +66,12 @@ def holdout_mask(paths: pd.Series, fraction: float, seed: int) -> np.ndarray:
     values = np.array(
         [int.from_bytes(hashlib.sha256(f"{seed}:{p}".encode()).digest()[:8], "little") / 2**64 for p in paths]
     )
-    return values < fraction
+    held = values < fraction
+    if fraction > 0 and len(values) > 1 and not held.any():
+        held[np.argmin(values)] = True  # a small table still gets one held-out clip
+    if held.all():
+        held[np.argmax(values)] = False  # and always keeps one clip to train on
+    return held
 
 
 class LatentCache:

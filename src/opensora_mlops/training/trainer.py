@@ -8,9 +8,12 @@ can follow a multi-process run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +34,8 @@ from opensora_mlops.training.checkpoint import (
     save_weights,
 )
 from opensora_mlops.training.ema import EMA, unwrap_module
+
+logger = logging.getLogger(__name__)
 
 EventCallback = Callable[[str, dict[str, Any]], None]
 EVENTS_FILE = "events.jsonl"
@@ -72,6 +77,7 @@ class TrainConfig:
     init_from: str | None = None
     world_size: int = 1
     find_unused_parameters: bool = False
+    data_version: str | None = None  # content hash of the stage's input table (part of the fingerprint)
 
     def validate(self) -> None:
         boost.check_plugin(self.plugin, self.dtype, self.optimizer)
@@ -96,6 +102,24 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+# keys that may change between a kill and the resumed run without invalidating the checkpoints
+RESUMABLE_KEYS = ("max_steps", "ckpt_every", "keep_last", "log_every", "sample_every", "sample", "run_dir",
+                  "world_size", "find_unused_parameters")
+
+
+def config_fingerprint(cfg: TrainConfig) -> str:
+    """Hash of everything that defines the optimisation trajectory (config, data version, init weights).
+
+    A checkpoint whose fingerprint differs belongs to another configuration: resuming from it would
+    silently mix two runs, so the trainer starts over instead.
+    """
+    values = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS}
+    if cfg.init_from:
+        init = resolve_init_dir(cfg.init_from)
+        values["init_weights"] = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(init.iterdir())]
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load_train_config(values: Mapping[str, Any], where: str = "training stage") -> TrainConfig:
@@ -232,7 +256,24 @@ def train_stage(
 
         step = 0
         resumed_from = None
+        fingerprint = config_fingerprint(cfg)
         latest = latest_checkpoint(ckpt_root)
+        if latest is not None:
+            from opensora_mlops.training.checkpoint import read_state
+
+            old = read_state(latest)["extra"].get("fingerprint")
+            if old != fingerprint:
+                message = (f"{cfg.stage}: checkpoints in {ckpt_root} were written with another configuration "
+                           f"(fingerprint {old} != {fingerprint}); starting this stage over")
+                logger.warning(message)
+                log("restart", {"reason": message})
+                if ctx.world_size > 1:
+                    torch.distributed.barrier()  # every rank has read the old state before it goes
+                if ctx.is_main:
+                    shutil.rmtree(ckpt_root)
+                if ctx.world_size > 1:
+                    torch.distributed.barrier()
+                latest = None
         if latest is not None:
             state = load_checkpoint(latest, model, ema, optimizer, booster=booster, sharded_optimizer=sharded)
             step = int(state["step"])
@@ -310,7 +351,7 @@ def train_stage(
             bar.update(1)
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.max_steps:
                 path = save_checkpoint(ckpt_root, step, model, ema, optimizer, batches.state_dict(),
-                                       {"samples_seen": samples_seen, "stage": cfg.stage}, booster=booster,
+                                       {"samples_seen": samples_seen, "stage": cfg.stage, "fingerprint": fingerprint}, booster=booster,
                                        sharded_optimizer=sharded, keep_last=cfg.keep_last, rank=ctx.rank,
                                        world_size=ctx.world_size)
                 log("checkpoint", {"step": step, "path": str(path)})
@@ -321,15 +362,13 @@ def train_stage(
         bar.close()
 
         path = save_checkpoint(ckpt_root, step, model, ema, optimizer, batches.state_dict(),
-                               {"samples_seen": samples_seen, "stage": cfg.stage}, booster=booster,
+                               {"samples_seen": samples_seen, "stage": cfg.stage, "fingerprint": fingerprint}, booster=booster,
                                sharded_optimizer=sharded, keep_last=cfg.keep_last, rank=ctx.rank,
                                world_size=ctx.world_size)
         final = run_dir / FINAL_DIR
         if ctx.is_main:
             tmp = run_dir / f".tmp-{FINAL_DIR}"
             if tmp.exists():
-                import shutil
-
                 shutil.rmtree(tmp)
             save_weights(model, tmp / "model")
             if ema is not None:
@@ -339,8 +378,6 @@ def train_stage(
                  "resumed_from": resumed_from, "checkpoint": str(path),
                  "wall_seconds": time.time() - start_time}, indent=2))
             if final.exists():
-                import shutil
-
                 shutil.rmtree(final)
             os.replace(tmp, final)
         result = TrainResult(stage=cfg.stage, run_dir=str(run_dir), final_dir=str(final), steps=step,

@@ -51,8 +51,19 @@ def _train_config(settings: dict[str, Any], data: dict[str, Any], init_from: str
     return values
 
 
+def frame_interval_of(settings: dict[str, Any], bucketing: dict[str, Any] | None) -> int:
+    """The stage's temporal stride: the bucketing pipeline's value (its buckets were sized with it)."""
+    stages = (bucketing or {}).get("stages") or {}
+    from_bucketing = (stages.get(settings["name"]) or {}).get("frame_interval")
+    value = settings.get("frame_interval", from_bucketing if from_bucketing is not None else 1)
+    if from_bucketing is not None and int(value) != int(from_bucketing):
+        raise ConfigError(f"{settings['name']}: frame_interval {value} differs from the bucketing pipeline's "
+                          f"{from_bucketing} for this stage")
+    return int(value)
+
+
 def cache_stage_latents(bucket_table: pd.DataFrame, vae_model: dict[str, Any], stage: dict[str, Any],
-                        shared: dict[str, Any]) -> dict[str, Any]:
+                        shared: dict[str, Any], bucketing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Encode the stage's kept clips once (VAE latents + text embeddings) into data/05_model_input."""
     import torch
 
@@ -68,18 +79,19 @@ def cache_stage_latents(bucket_table: pd.DataFrame, vae_model: dict[str, Any], s
     kept = check_bucket_table(bucket_table, f"{s['name']}.bucket_table")
     bucket_config_from_table(kept)  # an unknown resolution is an error here, before any encoding
     out_dir = Path(s.get("cache_root", "data/05_model_input")) / f"{s['name']}_latents"
+    frame_interval = frame_interval_of(s, bucketing)
     if s.get("data_source", "cache") == "online":
-        return {"source": "online", "stage": s["name"], "num_rows": len(kept)}
+        return {"source": "online", "stage": s["name"], "num_rows": len(kept), "frame_interval": frame_interval}
     if s.get("threads"):
         torch.set_num_threads(int(s["threads"]))
     cache = s.get("cache") or {}
     manifest = build_stage_caches(
         kept, out_dir, build_vae(vae_model), build_text_encoder(s["text_encoder"]),
-        frame_interval=int(s.get("frame_interval", 1)), video_root=s.get("video_root"),
+        frame_interval=frame_interval, video_root=s.get("video_root"),
         holdout_fraction=float(cache.get("holdout_fraction", 0.0)), seed=int(s.get("seed", 0)),
         batch_size=int(cache.get("batch_size", 4)), meta={"stage": s["name"]},
     )  # fmt: skip
-    return {"source": "cache", "stage": s["name"], **manifest}
+    return {"source": "cache", "stage": s["name"], "frame_interval": frame_interval, **manifest}
 
 
 def tracking_callback(stage: str, data_version: str | None = None):
@@ -135,8 +147,9 @@ def train_stage(latent_cache: dict[str, Any], vae_model: dict[str, Any], stage: 
         data["cache_dir"] = latent_cache["train_dir"]
     else:
         data.update(bucket_table=str(Path(s.get("cache_root", "data/05_model_input")) / f"{s['name']}_bucket_table.parquet"),
-                    frame_interval=int(s.get("frame_interval", 1)), video_root=s.get("video_root"))
+                    frame_interval=int(latent_cache.get("frame_interval", 1)), video_root=s.get("video_root"))
     cfg = _train_config(s, data, _init_from(s, init_model))
+    cfg["data_version"] = latent_cache.get("table_hash")
     losses: list[float] = []
     rates: list[float] = []
     mlflow_cb = tracking_callback(s["name"], latent_cache.get("table_hash"))

@@ -22,7 +22,7 @@ def create_template(chained: bool) -> Pipeline:
     validate_inputs = ["model", "latent_cache", *params] + (["reference_cache"] if chained else [])
     return Pipeline(
         [
-            node(nodes.cache_stage_latents, ["bucket_table", "vae_model", *params], "latent_cache",
+            node(nodes.cache_stage_latents, ["bucket_table", "vae_model", *params, "params:bucketing"], "latent_cache",
                  name="cache_latents"),
             node(nodes.train_stage, train_inputs, ["model", "training_metrics"], name="train"),
             node(nodes.validate_stage, validate_inputs, "validation_metrics", name="validate"),
@@ -39,7 +39,7 @@ def create_stage_pipeline(stage: str, previous: str | None = None) -> Pipeline:
         create_template(chained=previous is not None),
         namespace=stage,
         inputs=inputs,
-        parameters={"params:training_shared": "params:training_shared"},
+        parameters={"params:training_shared": "params:training_shared", "params:bucketing": "params:bucketing"},
     )
 
 

@@ -1,0 +1,191 @@
+"""The stage trainer: config checks, training, resume (in-process and after kill -9), 2 processes, learning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from opensora_mlops.config import ConfigError
+from opensora_mlops.training import tiny
+from opensora_mlops.training.checkpoint import latest_checkpoint, read_state
+from opensora_mlops.training.latents import LatentCache, bucket_config_from_table, check_bucket_table
+from opensora_mlops.training.launch import launch
+from opensora_mlops.training.trainer import load_train_config
+from opensora_mlops.training.validation import validation_loss
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("tiny_training")
+    clips = tiny.write_clips(root / "clips", count=8)
+    manifest = tiny.build_cache(tiny.bucket_table(clips), root / "cache", holdout_fraction=0.25)
+    assert manifest["num_train"] >= 4 and manifest["num_val"] >= 1
+    return manifest
+
+
+def _weights(run_dir: Path, which: str = "model") -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "final" / which / "model.safetensors"))
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------ bad input, before any training
+
+
+def test_bad_configs_fail_before_training_with_clear_messages(tmp_path):
+    base = tiny.train_config(tmp_path / "run", tmp_path / "cache")
+    with pytest.raises(ConfigError, match="enable_flashattn"):  # 1.1's silently swallowed typo
+        load_train_config({**base, "enable_flashattn": True})
+    with pytest.raises(ConfigError, match="plugin must be one of"):
+        load_train_config({**base, "plugin": "zero3"})
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="needs CUDA"):
+            load_train_config({**base, "plugin": "zero2", "dtype": "bf16"})
+        with pytest.raises(ConfigError, match="HybridAdam"):
+            load_train_config({**base, "optimizer": "hybrid_adam"})
+    with pytest.raises(ConfigError, match="no checkpoint at"):
+        load_train_config({**base, "init_from": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="stage1.data"):
+        load_train_config({**base, "data": {"cache_dirr": "x"}})
+
+
+def test_bucket_table_problems_are_named():
+    table = pd.DataFrame({
+        "path": ["a.mp4", "b.mp4"], "text": ["a", "b"], "fps": [8.0, 8.0], "bucket_id": ["999p/2/1.00", None],
+        "bucket_resolution": ["999p", None], "bucket_num_frames": [2, None], "bucket_height": [100, None],
+        "bucket_width": [100, None], "batch_size": [2, None], "keep": [True, False],
+    })  # fmt: skip
+    kept = check_bucket_table(table)
+    assert len(kept) == 1
+    with pytest.raises(ConfigError, match="unknown resolution '999p'"):
+        bucket_config_from_table(kept)
+    with pytest.raises(ConfigError, match="no kept rows"):
+        check_bucket_table(table.assign(keep=False))
+    with pytest.raises(ConfigError, match="lacks column"):
+        check_bucket_table(table.drop(columns=["bucket_id"]))
+
+
+# ------------------------------------------------------------------ training in-process
+
+
+def test_a_stage_trains_logs_and_writes_final_weights(cache, tmp_path):
+    events = []
+    run = tmp_path / "run"
+    result = launch(tiny.train_config(run, cache["train_dir"], max_steps=4),
+                    callback=lambda kind, payload: events.append((kind, payload)), progress=False)
+    assert result.steps == 4 and result.samples_seen == 8 and result.resumed_from is None
+    metrics = [p for k, p in events if k == "metrics"]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    for m in metrics:
+        assert {"loss", "grad_norm", "lr", "samples_per_s", "tokens_per_s"} <= set(m)
+        assert m["loss"] > 0 and m["grad_norm"] > 0 and m["tokens_per_s"] > m["samples_per_s"]
+    # 2 frames x (18/2) x (32/2) patches per sample
+    assert metrics[0]["tokens_per_s"] == pytest.approx(metrics[0]["samples_per_s"] * 2 * 9 * 16)
+    assert [k for k, _ in events if k == "checkpoint"] == ["checkpoint"]  # step 2 (4 is the final save)
+    assert latest_checkpoint(run / "checkpoints").name.endswith("04")
+    model, ema = _weights(run, "model"), _weights(run, "ema")
+    assert set(model) == set(ema)
+    assert any(not torch.equal(model[k], ema[k]) for k in model)  # EMA lags the raw weights
+    assert [e["event"] for e in _events(run)][-1] == "end"
+
+
+def test_resume_after_stop_continues_the_same_trajectory(cache, tmp_path):
+    straight = launch(tiny.train_config(tmp_path / "a", cache["train_dir"], max_steps=4), progress=False)
+    first = launch(tiny.train_config(tmp_path / "b", cache["train_dir"], max_steps=2), progress=False)
+    assert first.steps == 2
+    second = launch(tiny.train_config(tmp_path / "b", cache["train_dir"], max_steps=4), progress=False)
+    assert second.resumed_from == 2 and second.steps == 4 and second.samples_seen == straight.samples_seen
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], msg=name)
+    assert second.last_loss == pytest.approx(straight.last_loss, rel=1e-5)
+    # another configuration in the same folder starts over instead of resuming someone else's run
+    changed = launch(tiny.train_config(tmp_path / "b", cache["train_dir"], max_steps=4, lr=5e-4), progress=False)
+    assert changed.resumed_from is None
+    assert "restart" in [e["event"] for e in _events(tmp_path / "b")]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_stage_then_the_same_command_resumes_and_finishes(cache, tmp_path):
+    steps = 10
+    reference = launch(tiny.train_config(tmp_path / "ref", cache["train_dir"], max_steps=steps, ckpt_every=3),
+                       progress=False)
+    run = tmp_path / "killed"
+    config = tmp_path / "stage.json"
+    config.write_text(json.dumps(tiny.train_config(run, cache["train_dir"], max_steps=steps, ckpt_every=3)))
+    cmd = [sys.executable, "-m", "opensora_mlops.training.launch", "--config", str(config), "--threads", "2"]
+    env = {**os.environ, "OPENSORA_NO_PROGRESS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while latest_checkpoint(run / "checkpoints") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = read_state(latest_checkpoint(run / "checkpoints"))["step"]
+    assert killed_at < steps, "the run finished before it could be killed"
+    assert not (run / "final").exists()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = _events(run)
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert resumes and resumes[-1]["step"] >= killed_at
+    state = json.loads((run / "final" / "train_state.json").read_text())
+    assert state["steps"] == steps and state["resumed_from"] == resumes[-1]["step"]
+    # the optimizer-step trajectory after the resume is the uninterrupted one
+    final_losses = {e["step"]: e["loss"] for e in events if e["event"] == "metrics"}
+    ref_losses = {e["step"]: e["loss"] for e in _events(tmp_path / "ref") if e["event"] == "metrics"}
+    for step in range(resumes[-1]["step"] + 1, steps + 1):
+        assert final_losses[step] == pytest.approx(ref_losses[step], rel=1e-5)
+    a, b = _weights(tmp_path / "ref"), _weights(run)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], msg=name)
+    assert reference.steps == steps
+
+
+@pytest.mark.slow
+def test_two_processes_with_gloo_share_the_work(cache, tmp_path):
+    events = []
+    result = launch(tiny.train_config(tmp_path / "ddp", cache["train_dir"], max_steps=3, world_size=2),
+                    callback=lambda kind, payload: events.append((kind, payload)), progress=False)
+    assert result.steps == 3
+    assert result.samples_seen == 3 * 2 * 2  # steps x per-rank batch x ranks
+    assert [p["step"] for k, p in events if k == "metrics"] == [1, 2, 3]
+    start = next(p for k, p in events if k == "start")
+    assert start["world_size"] == 2
+    assert (tmp_path / "ddp" / "final" / "ema" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------ evidence of learning
+
+
+@pytest.mark.slow
+def test_validation_loss_falls_from_stage_to_stage(cache, tmp_path):
+    from opensora_mlops.models.stdit2 import STDiT2
+    from opensora_mlops.training.trainer import build_stage_model
+
+    val = LatentCache(cache["val_dir"])
+    cfg1 = tiny.train_config(tmp_path / "s1", cache["train_dir"], max_steps=12, lr=2e-3, ema_decay=None)
+    launch(cfg1, progress=False)
+    launch(tiny.train_config(tmp_path / "s2", cache["train_dir"], stage="stage2", max_steps=12, lr=1e-3,
+                             ema_decay=None, init_from=str(tmp_path / "s1")), progress=False)
+    torch.manual_seed(0)
+    start = build_stage_model(load_train_config(cfg1))
+    losses = [validation_loss(m, val)["val_loss"] for m in (
+        start, STDiT2.from_pretrained(tmp_path / "s1" / "final" / "model"),
+        STDiT2.from_pretrained(tmp_path / "s2" / "final" / "model"))]
+    assert losses[0] > losses[1] > losses[2], losses
+    # fixed timesteps and noise: the measurement itself is deterministic
+    assert validation_loss(start, val)["val_loss"] == losses[0]
