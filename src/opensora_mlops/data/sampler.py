@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import torch
 
 from opensora_mlops.config import check_keys
 from opensora_mlops.data.buckets import BucketConfig, assign_arrays
@@ -55,7 +56,8 @@ class VariableVideoBatchSampler:
         table: sample metadata, one row per sample (row positions are the sample indices).
         bucket_config: the stage's buckets.
         frame_interval: temporal stride of the stage.
-        num_replicas, rank: data-parallel world size and this process's rank.
+        num_replicas, rank: data-parallel world size and this process's rank (default: from the
+            initialised ``torch.distributed`` process group, else 1 and 0).
         shuffle: shuffle within buckets and across bucket accesses (off: deterministic order).
         seed: base seed; draws and shuffles depend on (seed, epoch) only.
         v11_compat: assign buckets exactly as 1.1 (see :mod:`opensora_mlops.data.buckets`).
@@ -69,13 +71,20 @@ class VariableVideoBatchSampler:
         bucket_config: BucketConfig,
         *,
         frame_interval: int = 1,
-        num_replicas: int = 1,
-        rank: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
         shuffle: bool = True,
         seed: int = 0,
         v11_compat: bool = False,
         reassign_each_epoch: bool = True,
     ) -> None:
+        if num_replicas is None or rank is None:
+            # like torch's DistributedSampler: the process group's size and rank, else one process
+            initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+            if num_replicas is None:
+                num_replicas = torch.distributed.get_world_size() if initialised else 1
+            if rank is None:
+                rank = torch.distributed.get_rank() if initialised else 0
         if num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
         if not 0 <= rank < num_replicas:
