@@ -119,7 +119,10 @@ def detect_scenes(path: str | Path, config: SceneDetectionConfig | None = None) 
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return [Scene(index=0, frame_start=0, frame_end=1, fps=0.0)]
     try:
-        video = open_video(str(path), backend=config.backend)
+        # PyAV backend: keep FFmpeg's log output off (PySceneDetect would restore FFmpeg's default
+        # callback, after which every later H.264 encode in this process prints its statistics)
+        extra = {"suppress_output": True} if config.backend == "pyav" else {}
+        video = open_video(str(path), backend=config.backend, **extra)
         fps = float(video.frame_rate)
         manager = SceneManager()
         if config.downscale:
