@@ -1,0 +1,493 @@
+"""Generate images and videos with a trained STDiT2: the library call and the ``generate`` command.
+
+One function, :func:`generate`, covers every Open-Sora 1.1 inference mode; the mode is set by the
+number of frames, the references and the mask strategy (see
+:mod:`opensora_mlops.inference.mask_strategy` for the strategy syntax):
+
+==========================  =============================================================================
+text -> image               ``num_frames=1``
+text -> video               ``num_frames=T``
+image -> video              ``reference_paths="cat.png", mask_strategy="0"``
+connect two images          ``reference_paths="a.png;b.png", mask_strategy="0;0,1,0,-1,1"``
+video extension             ``reference_paths="clip.mp4", mask_strategy="0,0,0,0,8"``
+video editing               ``reference_paths="clip.mp4", mask_strategy="0,0,0,0,16,0.4"`` (edit ratio 0.4)
+long video                  ``loops=3, condition_frames=4``, per-loop prompts ``"|0|text A|2|text B"``
+==========================  =============================================================================
+
+Everything that can be wrong with a request (unknown resolution, too small a size, a missing or
+unreadable reference, strategy indices outside the references or the clip, loop ids beyond ``loops``,
+component mismatches) raises before the model runs.
+
+:func:`save_generation` writes each sample as MP4 + GIF (PNG for a single frame) with a JSON sidecar
+holding every setting needed to reproduce it.
+
+The command line (``python -m opensora_mlops generate …``) loads the components from an exported
+model directory::
+
+    <model-dir>/model/             STDiT2.save_pretrained (config.json + model.safetensors)
+    <model-dir>/vae/               VideoAutoencoder.save_pretrained (an AutoencoderKL directory)
+    <model-dir>/text_encoder.json  build_text_encoder config, e.g. {"type": "minilm", "max_length": 32};
+                                   a relative "from_pretrained" is resolved against <model-dir>
+    <model-dir>/scheduler.json     optional IDDPM config, e.g. {"num_timesteps": 1000, "cfg_scale": 7.0}
+
+or from separate ``--model``/``--vae``/``--text-encoder`` paths (which also override the directory's),
+or from a released Open-Sora 1.1 checkpoint (``--checkpoint`` with ``--model-name STDiT2-XL/2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from opensora_mlops.inference.sampling import (
+    GenerationError,
+    SamplePlan,
+    TargetSize,
+    frames_to_video_tensor,
+    join_loops,
+    load_reference_frames,
+    plan_samples,
+    resolve_size,
+    sample_loops,
+)
+
+__all__ = [
+    "GenerationResult",
+    "add_generate_arguments",
+    "check_components",
+    "generate",
+    "load_components",
+    "run_generate",
+    "save_generation",
+]
+
+DEFAULT_STEPS = 100
+DEFAULT_CFG_SCALE = 7.0
+
+
+@dataclass
+class GenerationResult:
+    """Per sample: frames (T, H, W, 3) uint8, final latents [C, T_total, h, w], encoded references,
+    settings (the sidecar), and each loop's latents [C, T, h, w] before the overlaps were joined."""
+
+    videos: list[np.ndarray]
+    latents: list[torch.Tensor]
+    reference_latents: list[list[torch.Tensor]]
+    settings: list[dict[str, Any]]
+    loop_latents: list[list[torch.Tensor]]
+
+
+def check_components(model: Any, vae: Any, text_encoder: Any) -> None:
+    """The three components must agree on latent channels, caption width and caption length."""
+    cfg = model.config
+    problems = []
+    if int(vae.latent_channels) != int(cfg.in_channels):
+        problems.append(f"the VAE has {vae.latent_channels} latent channels, the model expects {cfg.in_channels}")
+    if int(text_encoder.output_dim) != int(cfg.caption_channels):
+        problems.append(f"the text encoder outputs {text_encoder.output_dim}-d tokens, the model expects "
+                        f"caption_channels={cfg.caption_channels}")
+    if int(text_encoder.model_max_length) != int(cfg.model_max_length):
+        problems.append(f"the text encoder pads to {text_encoder.model_max_length} tokens, the model's null caption "
+                        f"has model_max_length={cfg.model_max_length}")
+    if problems:
+        raise GenerationError("model, VAE and text encoder do not fit together: " + "; ".join(problems))
+
+
+def _scheduler(scheduler: Any, steps: int | None, cfg_scale: float | None) -> Any:
+    from opensora_mlops.diffusion import IDDPM
+
+    if scheduler is None:
+        steps = DEFAULT_STEPS if steps is None else steps
+        if not isinstance(steps, int) or steps < 2:
+            raise GenerationError(f"steps must be an integer >= 2, got {steps!r}")
+        return IDDPM(num_timesteps=1000, timestep_respacing=str(steps),
+                     cfg_scale=DEFAULT_CFG_SCALE if cfg_scale is None else float(cfg_scale))
+    if steps is not None and steps != scheduler.num_sampling_steps:
+        raise GenerationError(f"steps={steps} disagrees with the scheduler's {scheduler.num_sampling_steps} steps; "
+                              "give steps or a scheduler, not both")
+    if cfg_scale is not None and float(cfg_scale) != scheduler.cfg_scale:
+        raise GenerationError(f"cfg_scale={cfg_scale} disagrees with the scheduler's {scheduler.cfg_scale}")
+    return scheduler
+
+
+def _to_uint8(video: torch.Tensor) -> np.ndarray:
+    """[3, T, H, W] in [-1, 1] -> (T, H, W, 3) uint8."""
+    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    vae: Any,
+    text_encoder: Any,
+    scheduler: Any = None,
+    prompts: str | Sequence[str] = (),
+    num_frames: int = 16,
+    height: int | None = None,
+    width: int | None = None,
+    resolution: str | None = None,
+    aspect_ratio: str | float | None = None,
+    fps: float = 24.0,
+    mask_strategy: str | Sequence[str | None] | None = None,
+    reference_paths: str | Path | Sequence[Any] | None = None,
+    loops: int = 1,
+    condition_frames: int = 4,
+    seed: int = 0,
+    steps: int | None = None,
+    cfg_scale: float | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    extra_settings: dict[str, Any] | None = None,
+) -> GenerationResult:
+    """Generate one image/video per prompt (see the module docstring for the modes).
+
+    Args:
+        model, vae, text_encoder: an STDiT2, a :class:`~opensora_mlops.models.vae.VideoAutoencoder` and a
+            text encoder (``encode``/``output_dim``/``model_max_length``) that fit together.
+        scheduler: an :class:`~opensora_mlops.diffusion.IDDPM`; default IDDPM with ``steps`` respaced
+            steps (100) and ``cfg_scale`` (7.0).
+        prompts: one string or a list; a prompt may be a per-loop prompt ``"|0|text A|2|text B"``.
+        num_frames: frames per loop (1 = an image).
+        height, width: pixel size; or ``resolution`` ("240p", …) with ``aspect_ratio`` ("9:16" = H:W,
+            or a number H/W) looked up in Open-Sora 1.1's aspect tables.
+        fps: frame rate: a micro-condition of the model and the rate of the written video.
+        mask_strategy, reference_paths: one for all prompts or one per prompt; references are image or
+            video files (a path, a ``;``-separated string, or a list), resized to cover the target size,
+            centre-cropped and VAE-encoded.
+        loops, condition_frames: long video: loop ``i > 0`` starts from the last ``condition_frames``
+            frames of loop ``i - 1``; the result has ``loops * num_frames - (loops - 1) * condition_frames``
+            frames.
+        seed: seeds one CPU generator for the initial noise and every sampling step, so a request is
+            reproducible on any device (given the same prompts and batch size).
+        batch_size: prompts sampled together (default: all).
+        extra_settings: merged into every sample's settings (e.g. model paths for the sidecar).
+    """
+    started = time.monotonic()
+    check_components(model, vae, text_encoder)
+    scheduler = _scheduler(scheduler, steps, cfg_scale)
+    size: TargetSize = resolve_size(height, width, resolution, aspect_ratio, int(vae.downsample_factor))
+    if not (isinstance(fps, int | float) and 0 < float(fps) <= 240):
+        raise GenerationError(f"fps must be in (0, 240], got {fps!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise GenerationError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+    # Read every reference once (I/O only) so the plan can check frame ranges before any compute.
+    frames_cache: dict[Path, np.ndarray] = {}
+
+    def frame_count(path: Path) -> int:
+        if path not in frames_cache:
+            frames_cache[path] = load_reference_frames(path)
+        return int(frames_cache[path].shape[0])
+
+    plans: list[SamplePlan] = plan_samples(prompts, num_frames, loops, condition_frames, mask_strategy,
+                                           reference_paths, frame_count)
+
+    # ---- compute ---------------------------------------------------------------------------------
+    _, lat_h, lat_w = vae.get_latent_size((1, size.height, size.width))
+    latent_shape = (int(vae.latent_channels), num_frames, lat_h, lat_w)
+    encoded: dict[Path, torch.Tensor] = {}
+    for path, frames in frames_cache.items():
+        video = frames_to_video_tensor(frames, size.height, size.width)
+        encoded[path] = vae.encode(video[None])[0].float()
+    reference_latents = [[encoded[p] for p in plan.reference_paths] for plan in plans]
+
+    generator = torch.Generator().manual_seed(int(seed))
+    chunk = batch_size or len(plans)
+    was_training = model.training
+    model.eval()
+    try:
+        loop_latents: list[list[torch.Tensor]] = []
+        for start in range(0, len(plans), chunk):
+            loop_latents += sample_loops(model, text_encoder, scheduler, plans[start : start + chunk],
+                                    reference_latents[start : start + chunk], latent_shape, size, float(fps),
+                                    condition_frames, generator, progress=progress)
+    finally:
+        model.train(was_training)
+    loop_latents = [[z.float().cpu() for z in loops_of_sample] for loops_of_sample in loop_latents]
+    latents = [join_loops(loops_of_sample, condition_frames) for loops_of_sample in loop_latents]
+    videos = [_to_uint8(vae.decode(z[None].to(vae.device), size=(size.height, size.width))[0]) for z in latents]
+
+    elapsed = time.monotonic() - started
+    settings = []
+    for plan, video in zip(plans, videos, strict=True):
+        settings.append({
+            "prompt": plan.prompt,
+            "loop_prompts": plan.loop_prompts,
+            "sample_index": plan.index,
+            "seed": int(seed),
+            "batch_size": chunk,
+            "steps": int(scheduler.num_sampling_steps),
+            "num_timesteps": int(scheduler.num_timesteps),
+            "cfg_scale": float(scheduler.cfg_scale),
+            "cfg_channel": scheduler.cfg_channel,
+            "height": size.height,
+            "width": size.width,
+            "resolution": size.resolution,
+            "aspect_ratio": size.aspect_ratio,
+            "num_frames": num_frames,
+            "total_frames": int(video.shape[0]),
+            "fps": float(fps),
+            "loops": loops,
+            "condition_frames": condition_frames if loops > 1 else 0,
+            "mask_strategy": ";".join(i.to_string() for i in plan.user_instructions) or None,
+            "applied_mask_strategy": plan.mask_strategy or None,
+            "reference_paths": [str(p) for p in plan.reference_paths],
+            "reference_frames": plan.reference_frames,
+            "latent_shape": list(latents[plan.index].shape),
+            "elapsed_s": round(elapsed, 3),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            **(extra_settings or {}),
+        })
+    return GenerationResult(videos, latents, reference_latents, settings, loop_latents)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"torch": torch.__version__}
+    for name in ("opensora-mlops", "diffusers", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def save_generation(result: GenerationResult, out_dir: str | Path, name: str = "sample",
+                    gif: bool = True) -> list[dict[str, str]]:
+    """Write ``<name>_<i>.mp4`` (+ ``.gif``), or ``.png`` for a single frame, and ``<name>_<i>.json``.
+
+    Returns the written paths per sample; the sidecar lists them too.
+    """
+    from PIL import Image
+
+    from opensora_mlops.data.video_io import write_gif, write_video
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, (video, settings) in enumerate(zip(result.videos, result.settings, strict=True)):
+        stem = out_dir / f"{name}_{i:04d}"
+        files: dict[str, str] = {}
+        if video.shape[0] == 1:
+            path = stem.with_suffix(".png")
+            Image.fromarray(video[0]).save(path)
+            files["image"] = str(path)
+        else:
+            files["video"] = str(write_video(stem.with_suffix(".mp4"), video, settings["fps"]))
+            if gif:
+                files["gif"] = str(write_gif(stem.with_suffix(".gif"), video, settings["fps"]))
+        sidecar = stem.with_suffix(".json")
+        files["settings"] = str(sidecar)
+        sidecar.write_text(json.dumps({**settings, "files": files}, indent=2) + "\n")
+        written.append(files)
+    return written
+
+
+# ---- components ----------------------------------------------------------------------------------
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise GenerationError(f"{what} {path} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise GenerationError(f"{what} {path} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def load_components(
+    model_dir: str | Path | None = None,
+    model_path: str | Path | None = None,
+    vae_path: str | Path | None = None,
+    text_encoder: str | dict[str, Any] | None = None,
+    checkpoint: str | Path | None = None,
+    model_name: str | None = None,
+    legacy: bool = False,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    steps: int | None = None,
+    cfg_scale: float | None = None,
+) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """Load ``(model, vae, text_encoder, scheduler, settings)`` from an exported model directory
+    (layout in the module docstring) and/or explicit paths, which take precedence.
+
+    The scheduler is IDDPM from ``<model-dir>/scheduler.json`` when present, with ``steps`` and
+    ``cfg_scale`` overriding it (defaults 100 steps, guidance 7.0).
+
+    ``text_encoder`` is a config dict, a JSON string or a path to a JSON file. ``checkpoint`` loads a
+    released Open-Sora 1.1 checkpoint into ``build_model(model_name)``; ``legacy`` sets the flags the
+    released weights need (``qk_norm_legacy``, ``final_layer_legacy``).
+    """
+    from opensora_mlops.diffusion import IDDPM
+    from opensora_mlops.models.stdit2 import STDiT2, build_model, load_opensora_checkpoint
+    from opensora_mlops.models.text_encoder import build_text_encoder
+    from opensora_mlops.models.vae import VideoAutoencoder
+
+    if dtype not in _DTYPES:
+        raise GenerationError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    torch_dtype = _DTYPES[dtype]
+    root = Path(model_dir) if model_dir is not None else None
+    if root is not None and not root.is_dir():
+        raise FileNotFoundError(f"model directory not found: {root}")
+
+    # text encoder config: explicit > <model-dir>/text_encoder.json
+    base = root
+    if text_encoder is None:
+        if root is None or not (root / "text_encoder.json").is_file():
+            raise GenerationError("no text encoder: give --text-encoder or a --model-dir with text_encoder.json")
+        te_cfg = _read_json(root / "text_encoder.json", "text encoder config")
+    elif isinstance(text_encoder, dict):
+        te_cfg = dict(text_encoder)
+    elif Path(str(text_encoder)).is_file():
+        te_cfg = _read_json(Path(str(text_encoder)), "text encoder config")
+        base = Path(str(text_encoder)).parent
+    else:
+        try:
+            te_cfg = json.loads(str(text_encoder))
+        except json.JSONDecodeError:
+            raise GenerationError(f"--text-encoder must be a JSON object or a JSON file, got {text_encoder!r}") from None
+        if not isinstance(te_cfg, dict):
+            raise GenerationError(f"--text-encoder must be a JSON object, got {text_encoder!r}")
+    if te_cfg.get("from_pretrained") and base is not None and not Path(te_cfg["from_pretrained"]).is_absolute():
+        te_cfg["from_pretrained"] = str(base / te_cfg["from_pretrained"])
+
+    vae_dir = Path(vae_path) if vae_path is not None else (root / "vae" if root is not None else None)
+    if vae_dir is None:
+        raise GenerationError("no VAE: give --vae or a --model-dir with vae/")
+
+    if checkpoint is not None:
+        if model_name is None:
+            raise GenerationError("--checkpoint needs --model-name (e.g. STDiT2-XL/2)")
+        flags = {"qk_norm_legacy": True, "final_layer_legacy": True} if legacy else {}
+        model = load_opensora_checkpoint(build_model(model_name, **flags), checkpoint)
+        model_source = str(checkpoint)
+    else:
+        model_dir_path = Path(model_path) if model_path is not None else (root / "model" if root is not None else None)
+        if model_dir_path is None:
+            raise GenerationError("no model: give --model, --checkpoint or a --model-dir with model/")
+        model = STDiT2.from_pretrained(model_dir_path, **({"qk_norm_legacy": True, "final_layer_legacy": True}
+                                                          if legacy else {}))
+        model_source = str(model_dir_path)
+    model = model.to(device=device, dtype=torch_dtype).eval()
+    vae = VideoAutoencoder.from_pretrained(vae_dir, device=device, dtype=torch_dtype)
+    encoder = build_text_encoder({**te_cfg, "device": device} if "device" not in te_cfg else te_cfg)
+    scheduler_cfg: dict[str, Any] = {}
+    if root is not None and (root / "scheduler.json").is_file():
+        scheduler_cfg = _read_json(root / "scheduler.json", "scheduler config")
+    if steps is not None:
+        scheduler_cfg["timestep_respacing"] = str(steps)
+    if cfg_scale is not None:
+        scheduler_cfg["cfg_scale"] = float(cfg_scale)
+    scheduler_cfg.setdefault("timestep_respacing", str(DEFAULT_STEPS))
+    scheduler_cfg.setdefault("cfg_scale", DEFAULT_CFG_SCALE)
+    scheduler = IDDPM.from_config(scheduler_cfg)
+    settings = {"model": model_source, "vae": str(vae_dir), "text_encoder": te_cfg, "device": device,
+                "dtype": dtype, "model_dir": str(root) if root is not None else None, "legacy": legacy}
+    return model, vae, encoder, scheduler, settings
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``generate`` command's options to ``parser`` (argparse only)."""
+    src = parser.add_argument_group("model")
+    src.add_argument("--model-dir", help="exported model directory: model/, vae/, text_encoder.json [, scheduler.json]")
+    src.add_argument("--model", help="STDiT2 directory (save_pretrained); overrides <model-dir>/model")
+    src.add_argument("--checkpoint", help="released Open-Sora 1.1 checkpoint (file or directory); needs --model-name")
+    src.add_argument("--model-name", help="named STDiT2 config for --checkpoint, e.g. STDiT2-XL/2")
+    src.add_argument("--legacy", action="store_true",
+                     help="1.1 behaviour flags for released weights (qk_norm_legacy, final_layer_legacy)")
+    src.add_argument("--vae", help="AutoencoderKL directory (e.g. sd-vae-ft-ema); overrides <model-dir>/vae")
+    src.add_argument("--text-encoder", help="text encoder config: JSON object or JSON file, e.g. "
+                     "'{\"type\": \"t5\", \"from_pretrained\": \"/models/t5-v1_1-xxl\"}'")
+    src.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    src.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
+
+    req = parser.add_argument_group("request")
+    req.add_argument("--prompt", action="append", default=[],
+                     help="caption (repeatable); per-loop prompts as '|0|text A|2|text B'")
+    req.add_argument("--prompt-file", help="text file with one prompt per line")
+    req.add_argument("--num-frames", type=int, default=16, help="frames per loop (1 = image)")
+    req.add_argument("--height", type=int)
+    req.add_argument("--width", type=int)
+    req.add_argument("--resolution", help="aspect-table resolution name, e.g. 144p, 240p, 360p, 480p, 720p")
+    req.add_argument("--aspect-ratio", help="H:W (e.g. 9:16) or H/W, with --resolution")
+    req.add_argument("--fps", type=float, default=24.0)
+    req.add_argument("--mask-strategy", action="append", default=[],
+                     help="mask strategy (one for all prompts, or repeat once per prompt)")
+    req.add_argument("--reference", action="append", default=[],
+                     help="reference image/video paths, ';'-separated (one for all prompts, or once per prompt)")
+    req.add_argument("--loops", type=int, default=1)
+    req.add_argument("--condition-frames", type=int, default=4, help="frames each loop takes from the previous one")
+    req.add_argument("--seed", type=int, default=0)
+    req.add_argument("--steps", type=int, default=None, help=f"sampling steps (default {DEFAULT_STEPS})")
+    req.add_argument("--cfg-scale", type=float, default=None, help=f"guidance scale (default {DEFAULT_CFG_SCALE})")
+    req.add_argument("--batch-size", type=int, default=None)
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--output-dir", default="data/07_model_output/generate")
+    out.add_argument("--name", default="sample", help="file name stem: <name>_0000.mp4, …")
+    out.add_argument("--no-gif", action="store_true")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _one_or_per_prompt(values: list[str], count: int, flag: str) -> str | list[str] | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    if len(values) != count:
+        raise GenerationError(f"{flag} given {len(values)} times for {count} prompt(s): give it once or once per prompt")
+    return values
+
+
+def run_generate(args: argparse.Namespace) -> list[dict[str, str]]:
+    """Run the ``generate`` command: validate, load, sample, write. Returns the written files."""
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt file not found: {path}")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise GenerationError("no prompt: give --prompt (repeatable) or --prompt-file")
+    strategy = _one_or_per_prompt(args.mask_strategy, len(prompts), "--mask-strategy")
+    references = _one_or_per_prompt(args.reference, len(prompts), "--reference")
+    # Cheap checks first: a bad size, strategy or missing reference fails before models load.
+    resolve_size(args.height, args.width, args.resolution, args.aspect_ratio)
+    plan_samples(prompts, args.num_frames, args.loops, args.condition_frames, strategy, references,
+                 lambda p: load_reference_frames(p).shape[0])
+
+    model, vae, encoder, scheduler, loaded = load_components(
+        args.model_dir, args.model, args.vae, args.text_encoder, args.checkpoint, args.model_name, args.legacy,
+        args.device, args.dtype, args.steps, args.cfg_scale,
+    )
+    result = generate(
+        model, vae, encoder, scheduler, prompts, num_frames=args.num_frames, height=args.height, width=args.width,
+        resolution=args.resolution, aspect_ratio=args.aspect_ratio, fps=args.fps, mask_strategy=strategy,
+        reference_paths=references, loops=args.loops, condition_frames=args.condition_frames, seed=args.seed,
+        batch_size=args.batch_size, progress=not args.quiet,
+        extra_settings=loaded,
+    )
+    written = save_generation(result, args.output_dir, name=args.name, gif=not args.no_gif)
+    for files in written:
+        print(files.get("video") or files.get("image"))
+    return written
