@@ -144,6 +144,12 @@ def test_video_extension_and_per_prompt_settings(parts, refs) -> None:
     clip_latents = result.reference_latents[0][0]
     assert clip_latents.shape[1] == 8
     assert torch.equal(result.latents[0][:, :3], clip_latents[:, :3])
+    # only the 3 frames the strategy uses were encoded; they equal encoding the whole clip
+    vae = parts[1]
+    frames, _ = read_video(refs["clip"])
+    whole = vae.encode(frames_to_video_tensor(frames, H, W)[None])[0]
+    torch.testing.assert_close(clip_latents[:, :3], whole[:, :3])
+    assert clip_latents[:, 3:].abs().max() == 0
     assert result.reference_latents[1] == []
     assert result.settings[0]["reference_frames"] == [8] and result.settings[1]["reference_paths"] == []
 
@@ -257,7 +263,7 @@ def test_cli_from_exported_model_directory(parts, refs, tmp_path: Path) -> None:
     args = parser.parse_args([
         "--model-dir", str(export), "--prompt", "a red square", "--num-frames", "3", "--height", "24",
         "--width", "40", "--steps", "2", "--reference", str(refs["a"]), "--mask-strategy", "0",
-        "--output-dir", str(out), "--quiet", "--device", "cpu",
+        "--output-dir", str(out), "--quiet", "--vae-micro-batch-size", "2",
     ])
     written = run_generate(args)
     frames, _ = read_video(written[0]["video"])

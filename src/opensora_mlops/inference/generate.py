@@ -195,10 +195,7 @@ def generate(
     # ---- compute ---------------------------------------------------------------------------------
     _, lat_h, lat_w = vae.get_latent_size((1, size.height, size.width))
     latent_shape = (int(vae.latent_channels), num_frames, lat_h, lat_w)
-    encoded: dict[Path, torch.Tensor] = {}
-    for path, frames in frames_cache.items():
-        video = frames_to_video_tensor(frames, size.height, size.width)
-        encoded[path] = vae.encode(video[None])[0].float()
+    encoded = _encode_references(vae, plans, frames_cache, size)
     reference_latents = [[encoded[p] for p in plan.reference_paths] for plan in plans]
 
     generator = torch.Generator().manual_seed(int(seed))
@@ -250,6 +247,38 @@ def generate(
             **(extra_settings or {}),
         })
     return GenerationResult(videos, latents, reference_latents, settings, loop_latents)
+
+
+def _used_reference_frames(plans: list[SamplePlan]) -> dict[Path, set[int]]:
+    """Per reference file, the frame indices some instruction copies (negative starts resolved)."""
+    used: dict[Path, set[int]] = {}
+    for plan in plans:
+        for instruction in plan.user_instructions:
+            if instruction.ref_id >= len(plan.reference_paths):
+                continue  # a previous loop's output, not a file
+            path = plan.reference_paths[instruction.ref_id]
+            total = plan.reference_frames[instruction.ref_id]
+            start = instruction.ref_start + total if instruction.ref_start < 0 else instruction.ref_start
+            used.setdefault(path, set()).update(range(start, start + instruction.length))
+    return used
+
+
+def _encode_references(vae: Any, plans: list[SamplePlan], frames_cache: dict[Path, np.ndarray],
+                       size: TargetSize) -> dict[Path, torch.Tensor]:
+    """VAE latents [C, T_ref, h, w] of each reference; only frames an instruction uses are resized and
+    encoded (the VAE is per-frame, so this equals encoding the whole clip), the others stay zero.
+    Extending a long clip by its first frames therefore costs those frames only."""
+    used = _used_reference_frames(plans)
+    _, lat_h, lat_w = vae.get_latent_size((1, size.height, size.width))
+    encoded = {}
+    for path, frames in frames_cache.items():
+        latents = torch.zeros(int(vae.latent_channels), frames.shape[0], lat_h, lat_w)
+        indices = sorted(used.get(path, ()))
+        if indices:
+            video = frames_to_video_tensor(frames[indices], size.height, size.width)
+            latents[:, indices] = vae.encode(video[None])[0].float().cpu()
+        encoded[path] = latents
+    return encoded
 
 
 def _versions() -> dict[str, str]:
@@ -323,6 +352,7 @@ def load_components(
     dtype: str = "fp32",
     steps: int | None = None,
     cfg_scale: float | None = None,
+    vae_micro_batch_size: int | None = None,
 ) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
     """Load ``(model, vae, text_encoder, scheduler, settings)`` from an exported model directory
     (layout in the module docstring) and/or explicit paths, which take precedence.
@@ -385,7 +415,8 @@ def load_components(
                                                           if legacy else {}))
         model_source = str(model_dir_path)
     model = model.to(device=device, dtype=torch_dtype).eval()
-    vae = VideoAutoencoder.from_pretrained(vae_dir, device=device, dtype=torch_dtype)
+    vae = VideoAutoencoder.from_pretrained(vae_dir, micro_batch_size=vae_micro_batch_size, device=device,
+                                           dtype=torch_dtype)
     encoder = build_text_encoder({**te_cfg, "device": device} if "device" not in te_cfg else te_cfg)
     scheduler_cfg: dict[str, Any] = {}
     if root is not None and (root / "scheduler.json").is_file():
@@ -417,7 +448,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     src.add_argument("--vae", help="AutoencoderKL directory (e.g. sd-vae-ft-ema); overrides <model-dir>/vae")
     src.add_argument("--text-encoder", help="text encoder config: JSON object or JSON file, e.g. "
                      "'{\"type\": \"t5\", \"from_pretrained\": \"/models/t5-v1_1-xxl\"}'")
-    src.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    src.add_argument("--vae-micro-batch-size", type=int, default=4,
+                     help="frames the VAE encodes/decodes at once (memory); 0 = all")
+    src.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (auto: cuda when available)")
     src.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
 
     req = parser.add_argument_group("request")
@@ -476,9 +509,10 @@ def run_generate(args: argparse.Namespace) -> list[dict[str, str]]:
     plan_samples(prompts, args.num_frames, args.loops, args.condition_frames, strategy, references,
                  lambda p: load_reference_frames(p).shape[0])
 
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, vae, encoder, scheduler, loaded = load_components(
         args.model_dir, args.model, args.vae, args.text_encoder, args.checkpoint, args.model_name, args.legacy,
-        args.device, args.dtype, args.steps, args.cfg_scale,
+        device, args.dtype, args.steps, args.cfg_scale, args.vae_micro_batch_size or None,
     )
     result = generate(
         model, vae, encoder, scheduler, prompts, num_frames=args.num_frames, height=args.height, width=args.width,
