@@ -287,7 +287,9 @@ def background_features(frames: np.ndarray) -> np.ndarray:
         filled = np.where(mask[..., None], frame[background].mean(axis=0).astype(np.uint8), frame)
         small = cv2.resize(filled, (64, 64), interpolation=cv2.INTER_AREA)
         hog = hog_features(contrast_gray(small)[0], cell=16)
-        features.append(np.concatenate([hist / (np.linalg.norm(hist) + 1e-8), hog / (np.linalg.norm(hog) + 1e-8)]))
+        features.append(
+            np.concatenate([hist / (np.linalg.norm(hist) + 1e-8), hog / (np.linalg.norm(hog) + 1e-8)])
+        )
     return np.stack(features)
 
 

@@ -1,0 +1,1 @@
+"""Evaluation pipeline: VBench-style scores, prompt adherence, validation loss by timestep, report."""

@@ -1,0 +1,134 @@
+"""Evaluation nodes: thin wrappers around :mod:`opensora_mlops.evaluation.evaluate`; MLflow logging here
+(the library never imports mlflow)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from opensora_mlops.evaluation import evaluate
+from opensora_mlops.evaluation.report import ReportContent, SampleGif, write_report
+
+logger = logging.getLogger(__name__)
+
+
+def _config(params: dict[str, Any]) -> evaluate.EvaluationConfig:
+    cfg = evaluate.EvaluationConfig.from_dict(params)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    return cfg
+
+
+def generate_samples(stage_model: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Generate the suite's prompts with the trained model and an untrained one of the same config."""
+    cfg = _config(params)
+    model, vae, encoder = evaluate.load_stage_components(stage_model)
+    entries = evaluate.suite_entries(cfg)
+    models = {"trained": model, "untrained": evaluate.untrained_like(model, cfg.untrained_seed)}
+    records = []
+    for group in cfg.groups:
+        records += evaluate.generate_group(group, models[group], vae, encoder, entries, cfg)
+    return {
+        "records": records,
+        "stage": stage_model.get("stage"),
+        "weights_dir": stage_model["weights_dir"],
+        "generation": cfg.generation_settings(),
+        "prompts": [e.prompt for e in entries],
+    }
+
+
+def score_samples(
+    samples: dict[str, Any], real_clips: pd.DataFrame, params: dict[str, Any]
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """VBench-style dimensions and prompt adherence for generated and real clips."""
+    cfg = _config(params)
+    records = list(samples["records"]) + evaluate.real_clip_records(real_clips, cfg)
+    return evaluate.score_records(records, cfg)
+
+
+def validation_loss(
+    stage_model: dict[str, Any], latent_cache: dict[str, Any], params: dict[str, Any]
+) -> pd.DataFrame:
+    """Loss by timestep range of the trained and the untrained model on the stage's held-out clips
+    (its training clips when nothing was held out)."""
+    cfg = _config(params)
+    cache_dir = latent_cache.get("val_dir") or latent_cache.get("train_dir")
+    if not cache_dir:
+        logger.warning("evaluation: the latent cache manifest names no val_dir/train_dir; no validation loss")
+        return pd.DataFrame(
+            columns=["group", "clip", "range_start", "range_end", "timestep", "loss", "mse", "vb"]
+        )
+    if not latent_cache.get("val_dir"):
+        logger.warning("evaluation: no held-out clips; the loss by timestep is measured on training clips")
+    model, _, _ = evaluate.load_stage_components(stage_model)
+    models = {"trained": model, "untrained": evaluate.untrained_like(model, cfg.untrained_seed)}
+    return evaluate.validation_loss_table({g: models[g] for g in cfg.groups}, cache_dir, cfg)
+
+
+def build_report(
+    samples: dict[str, Any],
+    scores: dict[str, Any],
+    adherence: pd.DataFrame,
+    val_loss: pd.DataFrame,
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the HTML report (GIFs copied next to it) and return (metrics for DVC, report manifest)."""
+    cfg = _config(params)
+    out = Path(cfg.report_dir)
+    gifs_dir = out / "gifs"
+    if gifs_dir.exists():
+        shutil.rmtree(gifs_dir)
+    gifs_dir.mkdir(parents=True)
+    shown = []
+    for index, record in enumerate(samples["records"]):
+        if record.get("gif"):
+            target = gifs_dir / f"{record['group']}_{index:03d}.gif"
+            shutil.copyfile(record["gif"], target)
+            shown.append(SampleGif(record["group"], record["prompt"], os.path.relpath(target, out)))
+    notes = []
+    if not len(val_loss):
+        notes.append("No cached clips were available: the validation loss by timestep was not measured.")
+    if "real" not in scores.get("adherence", {}):
+        notes.append(
+            "No curated clip with a synthetic-vocabulary caption was found: no real-clip upper bound."
+        )
+    content = ReportContent(
+        title=f"Evaluation of {samples.get('stage') or 'the trained model'}",
+        vbench=scores["vbench"],
+        methods=scores["methods"],
+        not_implemented=scores["not_implemented"],
+        not_applicable=scores["not_applicable"],
+        adherence=scores["adherence"],
+        val_loss=val_loss if len(val_loss) else None,
+        samples=shown,
+        notes=notes,
+        settings={
+            "weights_dir": samples.get("weights_dir"),
+            "generation": samples.get("generation"),
+            "prompts": samples.get("prompts"),
+        },
+    )
+    written = write_report(content, out)
+    metrics = evaluate.evaluation_metrics(scores, val_loss if len(val_loss) else None)
+    return metrics, {"report_dir": str(out), **written, "gifs": [s.path for s in shown]}
+
+
+def log_to_mlflow(metrics: dict[str, Any], report: dict[str, Any]) -> None:
+    """Log the metrics and the report folder to a nested ``evaluation`` run of the active ``kedro run``
+    parent run (the project's MLflow hooks open it); without one (tracking disabled) nothing is logged."""
+    import mlflow
+
+    parent = mlflow.active_run()
+    if parent is None:
+        logger.info("evaluation: no active MLflow run (tracking disabled); metrics stay in metrics.json")
+        return
+    with mlflow.start_run(run_name="evaluation", nested=True, experiment_id=parent.info.experiment_id):
+        mlflow.set_tag("namespace", "evaluation")
+        mlflow.log_metrics(evaluate.flatten_metrics(metrics))
+        mlflow.log_artifacts(report["report_dir"], artifact_path="evaluation_report")
