@@ -90,6 +90,9 @@ def test_ingestion_pipeline_user_folder(project):
         "clip_b.mp4": "caption not valid UTF-8", "broken.mp4": "empty file (0 bytes)",
     }
     assert set(quarantine["stage"]) == {"ingestion.list", "ingestion.probe"}
+    summary = json.loads((project / "data/08_reporting/ingestion_summary.json").read_text())
+    assert summary["candidates"] == 2 == summary["accepted"] + summary["quarantined_by_stage"]["ingestion.probe"]
+    assert summary["quarantined"] == 2 and summary["source"] == "folder"
     assert pd.read_parquet(project / "data/01_raw/synthetic_ground_truth.parquet").empty
 
 

@@ -93,6 +93,8 @@ def summarize_ingestion(candidates: pd.DataFrame, raw_metadata: pd.DataFrame, ra
     """Counts for the run report (also logged): nothing is dropped without being counted here."""
     cfg = _params(params)
     summary = summarize(raw_metadata, raw_quarantine)
+    # probed = accepted + quarantined at the probe; listing problems (bad caption rows, files outside the
+    # root, unsupported files) never reached the probe and are counted under quarantined_by_stage
     summary["candidates"] = len(candidates)
     summary["total_video_seconds"] = round(summary["total_video_seconds"], 3)
     summary["source"] = cfg.source
