@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.resources
+import importlib.util
+import warnings
 
 from kedro.pipeline import Pipeline
 
@@ -30,9 +32,14 @@ def discover_pipelines() -> dict[str, Pipeline]:
     for name in names:
         module = importlib.import_module(f"{package.__name__}.{name}")
         if not hasattr(module, "create_pipeline"):
+            if importlib.util.find_spec(f"{package.__name__}.{name}.pipeline") is None:
+                # a package being written (no pipeline.py yet) is not a pipeline; say so, do not fail
+                warnings.warn(f"pipelines/{name} has no create_pipeline() yet (no pipeline.py); skipped",
+                              stacklevel=2)
+                continue
             module = importlib.import_module(f"{package.__name__}.{name}.pipeline")
         if not hasattr(module, "create_pipeline"):
-            raise KeyError(f"pipelines/{name} has no create_pipeline() in __init__.py or pipeline.py")
+            raise KeyError(f"pipelines/{name}/pipeline.py has no create_pipeline()")
         pipeline = module.create_pipeline()
         if not isinstance(pipeline, Pipeline):
             raise TypeError(f"pipelines/{name}: create_pipeline() returned {type(pipeline).__name__}, not a Pipeline")

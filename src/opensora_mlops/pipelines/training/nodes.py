@@ -81,7 +81,12 @@ def cache_stage_latents(bucket_table: pd.DataFrame, vae_model: dict[str, Any], s
     out_dir = Path(s.get("cache_root", "data/05_model_input")) / f"{s['name']}_latents"
     frame_interval = frame_interval_of(s, bucketing)
     if s.get("data_source", "cache") == "online":
-        return {"source": "online", "stage": s["name"], "num_rows": len(kept), "frame_interval": frame_interval}
+        # the trainer processes read the kept rows themselves (under torchrun they are other processes)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table_path = out_dir / "online_table.parquet"
+        kept.to_parquet(table_path, index=False)
+        return {"source": "online", "stage": s["name"], "num_rows": len(kept), "frame_interval": frame_interval,
+                "bucket_table": str(table_path)}
     if s.get("threads"):
         torch.set_num_threads(int(s["threads"]))
     cache = s.get("cache") or {}
@@ -105,7 +110,9 @@ def tracking_callback(stage: str, data_version: str | None = None):
             step = int(payload["step"])
             values = {k: float(v) for k, v in payload.items()
                       if k != "step" and isinstance(v, int | float) and math.isfinite(float(v))}
-            mlflow.log_metrics(values, step=step)
+            # asynchronous: a SQLite/HTTP round trip per step would slow a fast CPU step by several %;
+            # MLflow flushes the queue when the run ends
+            mlflow.log_metrics(values, step=step, synchronous=False)
         elif kind == "start":
             mlflow.log_dict(payload.get("config", {}), f"config/{stage}_resolved.json")
             tags = {"stage": stage, "world_size": str(payload.get("world_size", 1))}
@@ -146,8 +153,7 @@ def train_stage(latent_cache: dict[str, Any], vae_model: dict[str, Any], stage: 
     if data["source"] == "cache":
         data["cache_dir"] = latent_cache["train_dir"]
     else:
-        data.update(bucket_table=str(Path(s.get("cache_root", "data/05_model_input")) / f"{s['name']}_bucket_table.parquet"),
-                    frame_interval=int(latent_cache.get("frame_interval", 1)), video_root=s.get("video_root"))
+        data.update(bucket_table=latent_cache["bucket_table"], frame_interval=int(latent_cache.get("frame_interval", 1)), video_root=s.get("video_root"))
     cfg = _train_config(s, data, _init_from(s, init_model))
     cfg["data_version"] = latent_cache.get("table_hash")
     losses: list[float] = []
