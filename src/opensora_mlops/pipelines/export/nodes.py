@@ -1,0 +1,83 @@
+"""Export nodes: the model directory (library :mod:`opensora_mlops.export`) and its MLflow registration."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from opensora_mlops.evaluation.evaluate import flatten_metrics
+from opensora_mlops.export import ExportConfig, export_model
+
+logger = logging.getLogger(__name__)
+
+
+def data_summary(clips: pd.DataFrame, stage_model: dict[str, Any]) -> dict[str, Any]:
+    """What the model was trained on, for the model card."""
+    summary: dict[str, Any] = {
+        "stage": stage_model.get("stage"),
+        "data_version": stage_model.get("data_version"),
+        "steps": stage_model.get("steps"),
+        "clips": int(len(clips)),
+    }
+    if len(clips):
+        if "duration" in clips:
+            summary["hours"] = round(float(clips["duration"].sum()) / 3600.0, 4)
+        if {"height", "width"} <= set(clips.columns):
+            summary["resolutions"] = ", ".join(
+                sorted({f"{h}x{w}" for h, w in zip(clips["height"], clips["width"])})[:8]
+            )
+        if "fps" in clips:
+            summary["fps"] = ", ".join(
+                str(round(float(f), 2)) for f in sorted(clips["fps"].dropna().unique())[:8]
+            )
+    return summary
+
+
+def export_stage_model(
+    stage_model: dict[str, Any], metrics: dict[str, Any], clips: pd.DataFrame, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the export directory for the stage's weights; returns the export manifest."""
+    config = ExportConfig.from_dict(params)
+    return export_model(
+        stage_model["weights_dir"],
+        stage_model["vae"],
+        stage_model["text_encoder"],
+        config,
+        data_summary=data_summary(clips, stage_model),
+        scores=flatten_metrics(metrics),
+        source={k: stage_model.get(k) for k in ("stage", "run_dir", "weights_dir", "data_version", "steps")},
+    )
+
+
+def register_model(manifest: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Log the export as an MLflow pyfunc in a nested ``export`` run of the active ``kedro run`` and
+    register it; returns ``{"registered", "model_uri", "registered_model_name", "version", "run_id"}``."""
+    import mlflow
+
+    from opensora_mlops.pipelines.export.pyfunc import log_pyfunc
+
+    config = ExportConfig.from_dict(params)
+    name = config.registered_model_name or config.model_name
+    parent = mlflow.active_run()
+    if not config.register or parent is None:
+        reason = (
+            "export.register is false" if not config.register else "no active MLflow run (tracking disabled)"
+        )
+        logger.info("export: not registering the model: %s", reason)
+        return {"registered": False, "reason": reason, "export_dir": config.out_dir}
+    with mlflow.start_run(run_name="export", nested=True, experiment_id=parent.info.experiment_id) as run:
+        mlflow.set_tag("namespace", "export")
+        mlflow.log_artifact(f"{config.out_dir}/README.md", artifact_path="model_card")
+        info = log_pyfunc(config.out_dir, registered_model_name=name)
+    version = getattr(info, "registered_model_version", None)
+    return {
+        "registered": True,
+        "registered_model_name": name,
+        "version": version,
+        "model_uri": f"models:/{name}/{version}",
+        "logged_model_uri": info.model_uri,
+        "run_id": run.info.run_id,
+        "export_dir": config.out_dir,
+    }

@@ -1,0 +1,128 @@
+"""The exported model as an MLflow pyfunc: prompts in, video files out.
+
+``mlflow.pyfunc.load_model("models:/<name>/<version>").predict(pd.DataFrame({"prompt": [...]}),
+params={"num_frames": 16, ...})`` returns one row per prompt with the written MP4 (and GIF) and its
+JSON sidecar. The export directory travels as the model's artifact ``model_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+#: predict() parameters and their defaults (also the model signature's params schema).
+PREDICT_DEFAULTS: dict[str, Any] = {
+    "num_frames": 16,
+    "height": 144,
+    "width": 256,
+    "fps": 8.0,
+    "steps": 100,
+    "cfg_scale": 7.0,
+    "seed": 0,
+    "output_dir": "",
+    "gif": True,
+}
+OUTPUT_COLUMNS = ["prompt", "video_path", "gif_path", "settings_path", "num_frames", "height", "width"]
+
+
+class OpenSoraPyfunc(mlflow.pyfunc.PythonModel):
+    """Text-to-video generation with an opensora-mlops export directory."""
+
+    def load_context(self, context) -> None:
+        from opensora_mlops.inference.generate import load_components
+
+        model_dir = Path(context.artifacts["model_dir"])
+        manifest = json.loads((model_dir / "export.json").read_text())
+        vae = manifest["vae"]
+        vae_path = None if vae["copied"] else vae["location"]
+        (self.model, self.vae, self.text_encoder, _, self.settings) = load_components(
+            model_dir=model_dir, vae_path=vae_path
+        )
+        self.model_dir = model_dir
+
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        from opensora_mlops.inference.generate import generate, save_generation
+
+        if not isinstance(model_input, pd.DataFrame) or "prompt" not in model_input.columns:
+            raise ValueError("model_input must be a DataFrame with a 'prompt' column")
+        prompts = [str(p) for p in model_input["prompt"].tolist()]
+        if not prompts:
+            return pd.DataFrame(columns=OUTPUT_COLUMNS)
+        unknown = sorted(set(params or {}) - set(PREDICT_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown predict params {unknown}; known: {sorted(PREDICT_DEFAULTS)}")
+        p = {**PREDICT_DEFAULTS, **(params or {})}
+        out_dir = Path(p["output_dir"] or tempfile.mkdtemp(prefix="opensora_pyfunc_"))
+        result = generate(
+            self.model,
+            self.vae,
+            self.text_encoder,
+            prompts=prompts,
+            num_frames=int(p["num_frames"]),
+            height=int(p["height"]),
+            width=int(p["width"]),
+            fps=float(p["fps"]),
+            steps=int(p["steps"]),
+            cfg_scale=float(p["cfg_scale"]),
+            seed=int(p["seed"]),
+            progress=False,
+            extra_settings={"model_dir": str(self.model_dir)},
+        )
+        files = save_generation(result, out_dir, name="video", gif=bool(p["gif"]))
+        rows = []
+        for prompt, written, settings in zip(prompts, files, result.settings, strict=True):
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "video_path": written.get("video") or written.get("image"),
+                    "gif_path": written.get("gif", ""),
+                    "settings_path": written["settings"],
+                    "num_frames": int(settings["total_frames"]),
+                    "height": int(settings["height"]),
+                    "width": int(settings["width"]),
+                }
+            )
+        return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+def model_signature():
+    from mlflow.models import infer_signature
+
+    example_in = pd.DataFrame({"prompt": ["a red circle moving left quickly on a gray background"]})
+    example_out = pd.DataFrame(
+        [
+            {
+                "prompt": "p",
+                "video_path": "v.mp4",
+                "gif_path": "v.gif",
+                "settings_path": "v.json",
+                "num_frames": 16,
+                "height": 144,
+                "width": 256,
+            }
+        ]
+    )
+    return infer_signature(example_in, example_out, params=PREDICT_DEFAULTS), example_in
+
+
+def log_pyfunc(
+    export_dir: str | Path, registered_model_name: str | None, artifact_path: str = "model"
+) -> Any:
+    """Log the export as a pyfunc model into the active run (and register it when a name is given);
+    returns MLflow's ModelInfo (``model_uri``, ``registered_model_version``)."""
+    signature, example = model_signature()
+    return mlflow.pyfunc.log_model(
+        name=artifact_path,
+        python_model=OpenSoraPyfunc(),
+        artifacts={"model_dir": str(export_dir)},
+        signature=signature,
+        registered_model_name=registered_model_name,
+        pip_requirements=["opensora-mlops"],
+    )
