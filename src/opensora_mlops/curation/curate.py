@@ -133,7 +133,8 @@ def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- scenes
 def scene_key(row: Mapping[str, Any], config: CurationConfig) -> str:
     fingerprint = file_fingerprint(row["path"], config.partitions.fingerprint)
-    return partition_key(fingerprint, asdict(config.scenes), asdict(config.clips))
+    # clips_dir too: a cached cut partition names files under it
+    return partition_key(fingerprint, asdict(config.scenes), asdict(config.clips), config.partitions.clips_dir)
 
 
 def partition_name(path: str, key: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -115,7 +116,7 @@ class PartitionRun:
 WorkFn = Callable[[Mapping[str, Any]], tuple[pd.DataFrame, pd.DataFrame]]
 
 
-def _run_one(fn: WorkFn, task: PartitionTask, store: PartitionStore, valid: Callable | None) -> str:
+def _run_one(fn: WorkFn, task: PartitionTask, store: PartitionStore) -> str:
     kept, dropped = fn(task.payload)
     store.save(task.name, kept, dropped)
     return task.name
@@ -149,11 +150,16 @@ def run_partitioned(
     bar = tqdm(total=len(todo), desc=desc, unit="video", disable=not progress or not todo)
     if workers == 1 or len(todo) <= 1:
         for task in todo:
-            _run_one(fn, task, store, is_valid)
+            _run_one(fn, task, store)
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-            futures = [pool.submit(_run_one, fn, task, store, is_valid) for task in todo]
+        # forkserver: workers fork from a clean single-threaded server, never from this process, whose
+        # FFmpeg/OpenCV thread pools may be mid-operation (fork + threads can deadlock)
+        context = multiprocessing.get_context("forkserver")
+        # the server imports the work function's module once; each worker forks from it ready to go
+        context.set_forkserver_preload([fn.__module__])
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+            futures = [pool.submit(_run_one, fn, task, store) for task in todo]
             for future in as_completed(futures):
                 future.result()
                 bar.update()
