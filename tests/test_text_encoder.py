@@ -141,6 +141,16 @@ def test_t5_round_trip_shapes_and_mask(t5_dir: Path) -> None:
     torch.testing.assert_close(emb[0, :4], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_t5_bfloat16_weights_give_float32_outputs(t5_dir: Path) -> None:
+    full = T5TextEncoder(t5_dir, max_length=6)
+    half = build_text_encoder({"type": "t5", "from_pretrained": str(t5_dir), "max_length": 6, "dtype": "bf16"})
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    emb, mask = half.encode(["a red ball"])
+    reference, _ = full.encode(["a red ball"])
+    assert emb.dtype == torch.float32
+    torch.testing.assert_close(emb, reference, atol=0.1, rtol=0.05)
+
+
 def test_t5_null_and_builder(t5_dir: Path) -> None:
     enc = build_text_encoder({"type": "t5", "from_pretrained": str(t5_dir), "max_length": 5})
     assert isinstance(enc, T5TextEncoder) and enc.model_max_length == 5

@@ -69,6 +69,7 @@ class TextEncoder:
         self.device = torch.device(device)
         self.dtype = dtype
         self.batch_size = batch_size
+        self._null: tuple[torch.Tensor, torch.Tensor] | None = None  # cached empty-caption encoding
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(
@@ -103,7 +104,9 @@ class TextEncoder:
         """The empty caption's encoding repeated ``batch`` times (for unconditional guidance)."""
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        emb, mask = self.encode([""])
+        if self._null is None or self._null[0].device != self.device:
+            self._null = self.encode([""])
+        emb, mask = self._null
         return emb.expand(batch, -1, -1).clone(), mask.expand(batch, -1).clone()
 
     def to(self, device: str | torch.device) -> TextEncoder:
