@@ -148,18 +148,15 @@ def project(tmp_path, monkeypatch):
 
 
 def _kedro_run(project, pipeline, runtime_params, runner=None, **run_kwargs):
-    import time
-
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    start = time.perf_counter()
     bootstrap_project(project)
     with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
         session.run(pipeline_names=[pipeline], **({"runner": runner} if runner else {}), **run_kwargs)
-    print(f"kedro run {pipeline}: {time.perf_counter() - start:.1f} s")
 
 
+@pytest.mark.slow
 def test_kedro_ingestion_then_curation(project):
     from kedro.runner import ParallelRunner
 
