@@ -110,6 +110,28 @@ def test_text_to_video_batch_writes_mp4_gif_json(parts, tmp_path: Path) -> None:
         assert sidecar["files"]["video"] == entry["video"]
 
 
+def test_micro_conditions_and_frame_interval(parts, tmp_path: Path) -> None:
+    model = parts[0]
+    seen: list[dict] = []
+    handle = model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw), with_kwargs=True)
+    try:
+        image = run(parts, prompts="a ball", num_frames=1, height=24, width=40, fps=30)
+        video = run(parts, prompts="a ball", num_frames=3, height=24, width=40, fps=24, frame_interval=3)
+    finally:
+        handle.remove()
+    first_image, first_video = seen[0], seen[-1]
+    # batch doubled for guidance; conditions are H, W in pixels, ar = H/W, num_frames of the clip
+    assert first_image["fps"].tolist() == [120.0, 120.0]  # images are conditioned as in training
+    assert first_video["fps"].tolist() == [24.0, 24.0]
+    assert first_video["height"].tolist() == [24.0] * 2 and first_video["width"].tolist() == [40.0] * 2
+    assert first_video["ar"].tolist() == pytest.approx([0.6, 0.6])
+    assert first_video["num_frames"].tolist() == [3.0, 3.0]
+    assert image.settings[0]["fps_condition"] == 120.0
+    assert video.settings[0]["output_fps"] == 8.0
+    _, fps = read_video(save_generation(video, tmp_path)[0]["video"])
+    assert fps == pytest.approx(8.0)
+
+
 def test_odd_size_is_padded_then_cropped(parts) -> None:
     result = run(parts, prompts="a ball", height=20, width=28, num_frames=2)
     assert result.videos[0].shape == (2, 20, 28, 3)
@@ -224,6 +246,7 @@ def test_resolution_and_aspect_ratio_tables() -> None:
         ({"prompts": ["a", "b"], "mask_strategy": ["0"]}, GenerationError, "one per prompt"),
         ({"prompts": []}, GenerationError, "no prompts"),
         ({"fps": 0}, GenerationError, "fps"),
+        ({"frame_interval": 0}, GenerationError, "frame_interval"),
     ],
 )
 def test_bad_requests_fail_before_the_model_runs(parts, refs, kwargs, error, match) -> None:

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from opensora_mlops.data.dataset import IMAGE_FPS
 from opensora_mlops.inference.sampling import (
     GenerationError,
     SamplePlan,
@@ -138,6 +139,7 @@ def generate(
     resolution: str | None = None,
     aspect_ratio: str | float | None = None,
     fps: float = 24.0,
+    frame_interval: int = 1,
     mask_strategy: str | Sequence[str | None] | None = None,
     reference_paths: str | Path | Sequence[Any] | None = None,
     loops: int = 1,
@@ -160,7 +162,11 @@ def generate(
         num_frames: frames per loop (1 = an image).
         height, width: pixel size; or ``resolution`` ("240p", …) with ``aspect_ratio`` ("9:16" = H:W,
             or a number H/W) looked up in Open-Sora 1.1's aspect tables.
-        fps: frame rate: a micro-condition of the model and the rate of the written video.
+        fps, frame_interval: the fps micro-condition is the *source* frame rate, as training fed it (the
+            clip's own fps, not divided by the frame interval it was subsampled with, as in 1.1); the
+            written video plays at ``fps / frame_interval``.  Use the frame interval the model was trained
+            with (1.1's released weights: 3).  A single frame (image) is conditioned on fps 120, the
+            value training gives images (1.1's IMG_FPS).
         mask_strategy, reference_paths: one for all prompts or one per prompt; references are image or
             video files (a path, a ``;``-separated string, or a list), resized to cover the target size,
             centre-cropped and VAE-encoded.
@@ -178,6 +184,9 @@ def generate(
     size: TargetSize = resolve_size(height, width, resolution, aspect_ratio, int(vae.downsample_factor))
     if not (isinstance(fps, int | float) and 0 < float(fps) <= 240):
         raise GenerationError(f"fps must be in (0, 240], got {fps!r}")
+    if not isinstance(frame_interval, int) or isinstance(frame_interval, bool) or frame_interval < 1:
+        raise GenerationError(f"frame_interval must be a positive integer, got {frame_interval!r}")
+    fps_condition = IMAGE_FPS if num_frames == 1 else float(fps)
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise GenerationError(f"batch_size must be a positive integer, got {batch_size!r}")
 
@@ -206,7 +215,7 @@ def generate(
         loop_latents: list[list[torch.Tensor]] = []
         for start in range(0, len(plans), chunk):
             loop_latents += sample_loops(model, text_encoder, scheduler, plans[start : start + chunk],
-                                    reference_latents[start : start + chunk], latent_shape, size, float(fps),
+                                    reference_latents[start : start + chunk], latent_shape, size, fps_condition,
                                     condition_frames, generator, progress=progress)
     finally:
         model.train(was_training)
@@ -234,6 +243,9 @@ def generate(
             "num_frames": num_frames,
             "total_frames": int(video.shape[0]),
             "fps": float(fps),
+            "fps_condition": fps_condition,
+            "frame_interval": frame_interval,
+            "output_fps": float(fps) / frame_interval,
             "loops": loops,
             "condition_frames": condition_frames if loops > 1 else 0,
             "mask_strategy": ";".join(i.to_string() for i in plan.user_instructions) or None,
@@ -314,9 +326,9 @@ def save_generation(result: GenerationResult, out_dir: str | Path, name: str = "
             Image.fromarray(video[0]).save(path)
             files["image"] = str(path)
         else:
-            files["video"] = str(write_video(stem.with_suffix(".mp4"), video, settings["fps"]))
+            files["video"] = str(write_video(stem.with_suffix(".mp4"), video, settings["output_fps"]))
             if gif:
-                files["gif"] = str(write_gif(stem.with_suffix(".gif"), video, settings["fps"]))
+                files["gif"] = str(write_gif(stem.with_suffix(".gif"), video, settings["output_fps"]))
         sidecar = stem.with_suffix(".json")
         files["settings"] = str(sidecar)
         sidecar.write_text(json.dumps({**settings, "files": files}, indent=2) + "\n")
@@ -462,7 +474,10 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     req.add_argument("--width", type=int)
     req.add_argument("--resolution", help="aspect-table resolution name, e.g. 144p, 240p, 360p, 480p, 720p")
     req.add_argument("--aspect-ratio", help="H:W (e.g. 9:16) or H/W, with --resolution")
-    req.add_argument("--fps", type=float, default=24.0)
+    req.add_argument("--fps", type=float, default=24.0,
+                     help="fps micro-condition (source frame rate, as in training); video plays at fps/frame-interval")
+    req.add_argument("--frame-interval", type=int, default=1,
+                     help="frame subsampling the model was trained with (1.1 released weights: 3)")
     req.add_argument("--mask-strategy", action="append", default=[],
                      help="mask strategy (one for all prompts, or repeat once per prompt)")
     req.add_argument("--reference", action="append", default=[],
@@ -516,7 +531,8 @@ def run_generate(args: argparse.Namespace) -> list[dict[str, str]]:
     )
     result = generate(
         model, vae, encoder, scheduler, prompts, num_frames=args.num_frames, height=args.height, width=args.width,
-        resolution=args.resolution, aspect_ratio=args.aspect_ratio, fps=args.fps, mask_strategy=strategy,
+        resolution=args.resolution, aspect_ratio=args.aspect_ratio, fps=args.fps, frame_interval=args.frame_interval,
+        mask_strategy=strategy,
         reference_paths=references, loops=args.loops, condition_frames=args.condition_frames, seed=args.seed,
         batch_size=args.batch_size, progress=not args.quiet,
         extra_settings=loaded,
