@@ -4,6 +4,7 @@
     python benchmarks/bench_stdit2.py                               # CPU, tiny config, more sizes
     python benchmarks/bench_stdit2.py --device cuda                 # STDiT2-XL/2, bf16, 240x426 x 16/64 frames
     python benchmarks/bench_stdit2.py --reference-repo /tmp/opensora-v1.1.0   # also time Open-Sora 1.1
+    python benchmarks/bench_stdit2.py --timer cpu ...               # CPU time of 1 thread (shared machines)
 
 ``--reference-repo`` points at a local checkout of hpcaitech/Open-Sora at tag v1.1.0 (never part of this
 project). Its STDiT2 is built with the same config, loaded with *our* weights, checked for agreement with
@@ -81,17 +82,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_call(fn, device, warmup: int, repeats: int) -> float:
+def time_call(fn, device, warmup: int, repeats: int, timer: str = "wall") -> float:
+    """Median wall-clock seconds, or (``timer="cpu"``, one thread) the minimum CPU time of this thread:
+    on a machine shared with other jobs the latter is what the code costs, not how long it waited."""
+    clock = time.thread_time if timer == "cpu" else time.perf_counter
     for _ in range(warmup):
         fn()
     _sync(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times.append(clock() - start)
+    return min(times) if timer == "cpu" else statistics.median(times)
 
 
 def train_step(model, kwargs):
@@ -216,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--timer", default="wall", choices=["wall", "cpu"],
+                        help="wall: median wall clock; cpu: minimum thread CPU time (CPU only, forces 1 thread)")
+    parser.add_argument("--sizes", default=None,
+                        help="comma-separated latent sizes FRAMESxHxW (default: 8x16x16,16x18x32 on CPU, "
+                             "16x30x53,64x30x53 on CUDA)")
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU")
@@ -225,8 +234,12 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    torch.set_num_threads(args.threads)
     on_gpu = device.type == "cuda"
+    if args.timer == "cpu":
+        if on_gpu:
+            parser.error("--timer cpu measures CPU work; use it with --device cpu")
+        args.threads = 1
+    torch.set_num_threads(args.threads)
     name = args.config or ("STDiT2-XL/2" if on_gpu else "STDiT2-tiny")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if on_gpu else torch.float32)
     if on_gpu:  # 240x426 video -> 30x53 latents (VAE factor 8)
@@ -235,7 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     else:  # latent sizes of 128x128 and 144x256 video
         sizes = [(8, 16, 16)] if args.quick else [(8, 16, 16), (16, 18, 32)]
         batch = args.batch or 2
+    if args.sizes:
+        try:
+            sizes = [tuple(int(v) for v in item.lower().split("x")) for item in args.sizes.split(",")]
+        except ValueError:
+            parser.error(f"--sizes must look like 16x30x53,64x30x53, got {args.sizes!r}")
+        if any(len(size) != 3 for size in sizes):
+            parser.error(f"--sizes entries need three numbers FRAMESxHxW, got {args.sizes!r}")
     warmup, repeats = (1, 3) if args.quick else (2, 7)
+    if args.timer == "cpu":
+        repeats *= 2
 
     torch.manual_seed(0)
     model = build_model(name, grad_checkpointing=args.grad_checkpointing, class_dropout_prob=0.0)
@@ -259,10 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     params = sum(p.numel() for p in model.parameters())
     print(f"# {name}: {params / 1e6:.2f}M parameters, device={device}, dtype={str(dtype).split('.')[-1]}, "
           f"batch={batch}, threads={torch.get_num_threads()}, grad_checkpointing={args.grad_checkpointing}, "
-          f"compile={args.compile}")
+          f"compile={args.compile}, timer={args.timer}")
     header = f"{'frames x H x W (latent)':>24} {'tokens':>7} {'train s/step':>12} {'tokens/s':>9} {'sample s/step':>13}"
     if on_gpu:
-        header += f" {'train MFU':>9} {'sample MFU':>10}"
+        header += f" {'train MFU':>9} {'sample MFU':>10} {'peak mem':>8}"
     if reference is not None:
         header += f" {'1.1 train s':>11} {'1.1 sample s':>12} {'train x':>7} {'sample x':>8} {'max |diff|':>10}"
     print(header)
@@ -273,11 +295,22 @@ def main(argv: list[str] | None = None) -> int:
         x_mask[0, 0] = False  # one conditioning frame: exercises the t0 modulation path
         kwargs["x_mask"] = x_mask
         flops, tokens = forward_flops(model, batch, frames, lat_h, lat_w)
-        train_s = time_call(train_step(runner, kwargs), device, warmup, repeats)
-        sample_s = time_call(sample_step(runner, kwargs), device, warmup, repeats)
-        row = f"{f'{frames} x {lat_h} x {lat_w}':>24} {tokens:>7} {train_s:>12.4f} {tokens / train_s:>9.0f} {sample_s:>13.4f}"
+        label = f"{frames} x {lat_h} x {lat_w}"
+        try:
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats(device)
+            train_s = time_call(train_step(runner, kwargs), device, warmup, repeats, args.timer)
+            sample_s = time_call(sample_step(runner, kwargs), device, warmup, repeats, args.timer)
+        except torch.OutOfMemoryError:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            print(f"{label:>24} {tokens:>7}  out of memory (try --grad-checkpointing or a smaller --batch)")
+            summary.append(f"{frames}x{lat_h}x{lat_w}: out of memory")
+            continue
+        row = f"{label:>24} {tokens:>7} {train_s:>12.4f} {tokens / train_s:>9.0f} {sample_s:>13.4f}"
         if on_gpu:
             row += f" {3 * flops / train_s / args.peak_tflops / 1e12:>9.1%} {flops / sample_s / args.peak_tflops / 1e12:>10.1%}"
+            row += f" {torch.cuda.max_memory_allocated(device) / 2**30:>7.1f}G"
         entry = f"{frames}x{lat_h}x{lat_w}: train {train_s:.3f}s ({tokens / train_s:.0f} tok/s), sample {sample_s:.3f}s"
         if reference is not None:
             ref_kwargs = reference_kwargs(kwargs)
@@ -285,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                 reference.eval()
                 diff = (reference(**ref_kwargs).float() - legacy(**kwargs)).abs().max().item()
                 reference.train()
-            ref_train = time_call(train_step(reference, ref_kwargs), device, warmup, repeats)
-            ref_sample = time_call(sample_step(reference, ref_kwargs), device, warmup, repeats)
+            ref_train = time_call(train_step(reference, ref_kwargs), device, warmup, repeats, args.timer)
+            ref_sample = time_call(sample_step(reference, ref_kwargs), device, warmup, repeats, args.timer)
             row += (f" {ref_train:>11.4f} {ref_sample:>12.4f} {ref_train / train_s:>6.2f}x {ref_sample / sample_s:>7.2f}x"
                     f" {diff:>10.2e}")
             entry += f", vs 1.1 train {ref_train / train_s:.2f}x sample {ref_sample / sample_s:.2f}x (|diff| {diff:.1e})"

@@ -183,15 +183,20 @@ def test_temporal_attention_sees_every_frame():
 def test_rope_rotation_is_relative_and_norm_preserving():
     torch.manual_seed(0)
     freqs = 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
-    cos, sin = rope_tables(freqs, 6, torch.float32)
+    rotation = rope_tables(freqs, 6)
     q, k = torch.randn(8), torch.randn(8)
-    rq, rk = apply_rope(q.expand(6, 8), cos, sin), apply_rope(k.expand(6, 8), cos, sin)
+    rq, rk = apply_rope(q.expand(6, 8), rotation), apply_rope(k.expand(6, 8), rotation)
     torch.testing.assert_close(rq.norm(dim=-1), q.norm().expand(6))
     # score depends on the distance only: <q@1, k@3> == <q@2, k@4>
     torch.testing.assert_close(rq[1] @ rk[3], rq[2] @ rk[4], rtol=1e-5, atol=1e-5)
-    # channel pair (0, 1) at position 1 is rotated by freqs[0] = 1 radian, interleaved layout
+    # channel pair (0, 1) at position 1 is rotated by freqs[0] = 1 radian, interleaved layout;
+    # pair (2, 3) at position 3 by 3 * freqs[1] = 0.3 radian
     c, s = math.cos(1.0), math.sin(1.0)
     torch.testing.assert_close(rq[1, :2], torch.stack([q[0] * c - q[1] * s, q[1] * c + q[0] * s]))
+    c, s = math.cos(0.3), math.sin(0.3)
+    torch.testing.assert_close(rq[3, 2:4], torch.stack([q[2] * c - q[3] * s, q[3] * c + q[2] * s]))
+    # bf16 input stays bf16
+    assert apply_rope(q.expand(6, 8).bfloat16(), rotation).dtype == torch.bfloat16
 
 
 def test_qk_norm_legacy_keeps_keys_and_changes_only_multi_frame_output():
