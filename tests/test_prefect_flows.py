@@ -180,3 +180,22 @@ def test_deployments_have_schedules_entrypoints_and_the_work_pool(tmp_path):
     served = prefect_deployments.build_deployments(ROOT, work_pool=None)
     assert all(d.work_pool_name is None for d in served)
     assert all(s.schedule.timezone == "UTC" for d in served for s in d.schedules)
+
+
+def test_deployments_register_on_a_server_with_their_schedules(harness):
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="gpu-pool", type="process"), overwrite=True)
+    assert prefect_deployments.main(["--work-pool", "gpu-pool", "--env", "cluster"]) == 0
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("nightly-curation/nightly-curation")
+        weekly = client.read_deployment_by_name("weekly-fine-tune/weekly-fine-tune")
+    assert nightly.work_pool_name == weekly.work_pool_name == "gpu-pool"
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert [s.schedule.cron for s in weekly.schedules] == ["0 4 * * 0"]
+    assert nightly.entrypoint == "pipelines/flows.py:curation_flow"
+    assert nightly.parameters["env"] == "cluster"
+    assert nightly.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
+    ]
