@@ -76,3 +76,64 @@ def test_caption_config_errors(tmp_path):
         VLMCaptioner(str(tmp_path / "no-model"), "Describe.")
     with pytest.raises(ConfigError, match="text_col"):
         CaptionConfig.from_dict({"text_col": "caption"})
+
+
+def _tiny_llava(path):
+    """A randomly initialised, few-kB LLaVA (CLIP vision tower + Llama) with a word-level tokenizer,
+    saved like any local transformers checkpoint: the VLM code path runs for real, offline."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    words = ["<unk>", "<s>", "</s>", "<image>", "<pad>", "a", "red", "circle", "moving", "left", "describe",
+             "this", "video", "in", "one", "sentence", "."]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", pad_token="<pad>")
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    template = ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+                "{% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}")
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer, patch_size=16, vision_feature_select_strategy="default", chat_template=template,
+        image_token="<image>", num_additional_image_tokens=1,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=32, patch_size=16, projection_dim=32),
+        text_config=LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                bos_token_id=1, eos_token_id=2, pad_token_id=4),
+        image_token_index=3, vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return set(words)
+
+
+def test_vlm_captions_from_a_local_model_keep_every_column(tmp_path):
+    from opensora_mlops.data.video_io import write_video
+
+    vocabulary = _tiny_llava(tmp_path / "vlm")
+    frames = np.zeros((12, 48, 64, 3), np.uint8)
+    frames[:, 10:30, 20:40] = (230, 30, 30)
+    write_video(tmp_path / "clip.mp4", frames, 12.0)
+    clips = pd.DataFrame({"path": [str(tmp_path / "clip.mp4")], "num_frames": [12], "height": [48], "width": [64],
+                          "text": ["ignored: the model captions"]})
+    config = CaptionConfig(source="vlm", vlm_path=str(tmp_path / "vlm"), vlm_max_new_tokens=4, vlm_frames=1)
+    out, dropped = caption_table(clips, config)
+    assert len(out) == 1 and len(dropped) == 0 and out["text_method"].item() == "vlm"
+    raw = out["text_raw"].item()
+    assert raw and set(raw.split()) <= vocabulary  # decoded from the model's own vocabulary
+    assert out["text"].item() == clean_caption(raw)
+    assert {"height", "width", "num_frames"} <= set(out.columns)
