@@ -241,15 +241,16 @@ def _scene_tasks(raw: pd.DataFrame, config: CurationConfig) -> list[tuple[dict[s
 
 def run_scenes(raw: pd.DataFrame, config: CurationConfig) -> tuple[pd.DataFrame, pd.DataFrame, StepReport]:
     """Scene detection for every source video (one cached partition per video)."""
+    named_rows = _scene_tasks(raw, config)  # fingerprints once (a content hash reads every file)
     tasks = [
         PartitionTask(name, {"row": row, "scenes": asdict(config.scenes), "clips": asdict(config.clips)})
-        for row, name in _scene_tasks(raw, config)
+        for row, name in named_rows
     ]
     store = PartitionStore(config.partitions.root, "scenes")
     run = run_partitioned(tasks, scene_partition, store, config.partitions.workers, "scene detection",
                           progress=config.partitions.progress)
     scenes = run.kept if len(run.kept.columns) else pd.DataFrame(columns=SCENE_COLUMNS)
-    names = {row["path"]: name for row, name in _scene_tasks(raw, config)}
+    names = {row["path"]: name for row, name in named_rows}
     scenes = scenes.assign(partition=scenes["source_path"].map(names)) if len(scenes) else scenes.assign(partition="")
     return normalise_dtypes(scenes.reset_index(drop=True)), run.dropped, StepReport("scenes", len(run.computed), len(run.reused))
 
