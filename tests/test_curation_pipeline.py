@@ -201,3 +201,19 @@ def test_kedro_ingestion_then_curation(project):
     _kedro_run(project, "curation", params, node_names=["detect_scenes", "cut_clips"])
     pd.testing.assert_frame_equal(pd.read_parquet(project / "data/03_primary/clip_table.parquet"), clip_table)
     assert {p: os.stat(p).st_mtime_ns for p in clips["path"]} == mtimes
+
+
+def test_content_fingerprint_ignores_mtime_but_not_bytes(tmp_path):
+    from opensora_mlops.config import ConfigError
+    from opensora_mlops.curation.partitions import file_fingerprint
+
+    path = tmp_path / "v.bin"
+    path.write_bytes(b"abc")
+    by_content, by_stat = file_fingerprint(path, "content"), file_fingerprint(path, "stat")
+    os.utime(path, ns=(10, 10))
+    assert file_fingerprint(path, "content") == by_content and file_fingerprint(path, "stat") != by_stat
+    path.write_bytes(b"abd")
+    assert file_fingerprint(path, "content") != by_content
+    assert file_fingerprint(tmp_path / "missing.mp4").endswith("|missing")
+    with pytest.raises(ConfigError, match="fingerprint"):
+        file_fingerprint(path, "mtime")
