@@ -121,3 +121,31 @@ def test_kedro_run_stage1_tracks_to_mlflow_and_falls_back_when_the_server_is_dow
     assert [a.path for a in client.list_artifacts(stage.info.run_id, "samples")] == ["samples/step_00000002.gif"]
     weights = {a.path for a in client.list_artifacts(stage.info.run_id, "weights/ema")}
     assert "weights/ema/model.safetensors" in weights
+
+
+def test_cluster_environment_selects_the_production_settings():
+    import torch
+    from kedro.config import OmegaConfigLoader
+
+    from opensora_mlops.config import ConfigError, strict_dataclass
+    from opensora_mlops.pipelines.training.nodes import _train_config, stage_settings
+    from opensora_mlops.settings import CONFIG_LOADER_ARGS
+    from opensora_mlops.training.trainer import TrainConfig
+
+    args = {**CONFIG_LOADER_ARGS, "default_run_env": "cluster"}
+    params = OmegaConfigLoader(str(ROOT / "conf"), **args)["parameters"]
+    for stage, checkpointing in (("stage1", False), ("stage2", True), ("stage3", True)):
+        settings = stage_settings(params[stage]["training"], params["training_shared"])
+        cfg = strict_dataclass(TrainConfig, _train_config(settings, {}, None), stage)
+        assert cfg.model == {"name": "STDiT2-XL/2"} and (cfg.plugin, cfg.dtype) == ("zero2", "bf16")
+        assert cfg.lr == 2e-5 and cfg.grad_checkpoint is checkpointing and cfg.optimizer == "hybrid_adam"
+        assert settings["text_encoder"]["type"] == "t5" and settings["text_encoder"]["max_length"] == 200
+        assert cfg.mask_ratios["mask_no"] == 0.75  # kept from conf/base: keys merge one by one
+        if not torch.cuda.is_available():
+            with pytest.raises(ConfigError, match="zero2.*needs CUDA"):
+                cfg.validate()
+    assert params["autoencoder"]["pretrained"].endswith("sd-vae-ft-ema")
+    # and the embedded default stays on CPU
+    base = OmegaConfigLoader(str(ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "local"})["parameters"]
+    settings = stage_settings(base["stage1"]["training"], base["training_shared"])
+    strict_dataclass(TrainConfig, _train_config(settings, {}, None), "stage1").validate()
