@@ -6,18 +6,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from opensora_mlops.config import ConfigError
-from opensora_mlops.models.stdit2 import (
-    MODEL_CONFIGS,
-    STDiT2,
-    apply_rope,
-    build_model,
-    load_opensora_checkpoint,
-    rope_tables,
-    sincos_position_embedding_2d,
-)
+from opensora_mlops.models.layers import T2IFinalLayer, apply_rope, rope_tables, sincos_position_embedding_2d
+from opensora_mlops.models.stdit2 import MODEL_CONFIGS, STDiT2, build_model, load_opensora_checkpoint
 from opensora_mlops.resources import load_reference
 
 torch.set_num_threads(2)
@@ -148,6 +142,28 @@ def test_final_layer_legacy_changes_only_conditioning_frames():
     noisy = x_mask[:, None, :, None, None].expand_as(new)
     torch.testing.assert_close(new[noisy], old[noisy], rtol=0, atol=0)
     assert (new[~noisy] - old[~noisy]).abs().max() > 1e-3
+
+
+def test_final_layer_arithmetic_fixed_and_legacy():
+    torch.manual_seed(0)
+    layer = T2IFinalLayer(12, 4, 2)
+    torch.nn.init.normal_(layer.linear.weight)
+    x, t, t0 = torch.randn(1, 2, 3, 12), torch.randn(1, 12), torch.randn(1, 12)
+    x_mask = torch.tensor([[True, False]])
+    shift, scale = layer.scale_shift_table
+
+    def ln(z):
+        return F.layer_norm(z, (12,), eps=1e-6)
+
+    noisy = ln(x) * (1 + scale + t) + (shift + t)
+    # fixed: a conditioning frame is normalised once and modulated by its own (t = 0) embedding
+    fixed = layer(x, t, t0, x_mask)
+    torch.testing.assert_close(fixed[:, 0], layer.linear(noisy)[:, 0])
+    torch.testing.assert_close(fixed[:, 1], layer.linear(ln(x) * (1 + scale + t0) + (shift + t0))[:, 1])
+    # 1.1: the conditioning frame re-normalises the t-modulated tokens and modulates them again
+    legacy = layer(x, t, t0, x_mask, legacy=True)
+    torch.testing.assert_close(legacy[:, 0], fixed[:, 0])
+    torch.testing.assert_close(legacy[:, 1], layer.linear(ln(noisy) * (1 + scale + t0) + (shift + t0))[:, 1])
 
 
 # --- attention behaviour -----------------------------------------------------------------------------
