@@ -16,7 +16,7 @@ from opensora_mlops.config import ConfigError, check_keys
 logger = logging.getLogger(__name__)
 
 AUTOENCODER_KEYS = ("pretrained", "out_dir", "steps", "lr", "batch_size", "frames_per_clip", "height", "width",
-                    "max_clips", "seed", "kl_weight", "micro_batch_size", "video_root")
+                    "crop", "max_clips", "seed", "kl_weight", "micro_batch_size", "video_root")
 
 
 def _frames_for_fitting(clips: pd.DataFrame, params: dict[str, Any]) -> torch.Tensor:
@@ -32,6 +32,12 @@ def _frames_for_fitting(clips: pd.DataFrame, params: dict[str, Any]) -> torch.Te
         video, _ = decode_all_frames(p)
         pick = rng.choice(len(video), size=min(len(video), int(params.get("frames_per_clip", 4))), replace=False)
         chosen = resize_crop(video[np.sort(pick)], int(params.get("height", 144)), int(params.get("width", 256)))
+        crop = params.get("crop")
+        if crop:  # the VAE is convolutional: fitting on crops at the bucket scale is several times cheaper
+            size = min(int(crop), chosen.shape[1], chosen.shape[2])
+            top = int(rng.integers(0, chosen.shape[1] - size + 1))
+            left = int(rng.integers(0, chosen.shape[2] - size + 1))
+            chosen = np.ascontiguousarray(chosen[:, top : top + size, left : left + size])
         frames.append(to_model_range(chosen).permute(1, 0, 2, 3))  # [T, 3, H, W]
     if not frames:
         raise ConfigError("the autoencoder pipeline found no clips to fit on")
