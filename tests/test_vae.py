@@ -146,11 +146,11 @@ def test_fit_autoencoder_learns_moving_shapes() -> None:
         return (vae.decode(vae.encode(clip), size=clip.shape[-2:]) - clip).abs().mean().item()
 
     before = reconstruction_error()
-    history = fit_autoencoder(vae, clip, steps=40, lr=2e-3, batch_size=8, progress=False)
+    history = fit_autoencoder(vae, clip, steps=40, lr=2e-3, batch_size=4, progress=False)
     after = reconstruction_error()
     assert len(history) == 40 and all(torch.isfinite(torch.tensor(history)))
     assert after < before / 3, (before, after)
-    assert sum(history[-10:]) < sum(history[:10]) / 3
+    assert sum(history[-10:]) < sum(history[:10]) / 2
     # scale calibrated: the scaled latents have unit standard deviation on the training frames
     assert vae.encode(clip).std().item() == pytest.approx(1.0, rel=0.05)
     assert not vae.module.training and not any(p.requires_grad for p in vae.module.parameters())
