@@ -162,11 +162,25 @@ class CaptionEmbedder(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Holds the rotary frequencies (state-dict key ``rope.freqs``, as rotary-embedding-torch names it)."""
+    """Rotary frequencies ``theta ** (-2i / dim)``, kept as the buffer ``rope.freqs`` (rotary-embedding-
+    torch's state-dict key) so released checkpoints load.
+
+    :meth:`rotations` recomputes the frequencies in float32 instead of reading the buffer: after
+    ``model.to(torch.bfloat16)`` the buffer holds bf16-rounded frequencies (a 0.4% error that grows
+    with the frame position), and they are fixed, never learned.
+    """
 
     def __init__(self, dim: int, theta: float = 10000.0) -> None:
         super().__init__()
-        self.register_buffer("freqs", 1.0 / theta ** (torch.arange(0, dim, 2).float() / dim))
+        self.dim, self.theta = dim, theta
+        self.register_buffer("freqs", self.exact_freqs())
+
+    def exact_freqs(self, device: torch.device | None = None) -> torch.Tensor:
+        return 1.0 / self.theta ** (torch.arange(0, self.dim, 2, device=device).float() / self.dim)
+
+    def rotations(self, length: int, device: torch.device) -> torch.Tensor:
+        """Complex rotations ``[length, dim/2]`` for positions ``0 .. length-1``."""
+        return rope_tables(self.exact_freqs(device), length)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -73,7 +73,6 @@ from opensora_mlops.models.layers import (
     STDiT2Block,
     T2IFinalLayer,
     TimestepEmbedder,
-    rope_tables,
     sincos_position_embedding_2d,
 )
 
@@ -374,7 +373,7 @@ class STDiT2(nn.Module):
             # one mask value per temporal patch: a patch is noisy if any of its frames is
             x_mask = F.pad(x_mask, (0, -frames % cfg.patch_size[0])).view(b, grid_t, -1).any(dim=2)
 
-        rope = rope_tables(self.rope.freqs, grid_t)
+        rope = self.rope.rotations(grid_t, device)
         for block in self.blocks:
             args = (h, y, y_mask, y_keep, t_spatial, t_temporal, t0_spatial, t0_temporal, x_mask, rope)
             if cfg.grad_checkpointing and torch.is_grad_enabled():
