@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="default: float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--batch", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: on a shared machine more threads mostly wait for each other)")
     parser.add_argument("--timer", default="wall", choices=["wall", "cpu"],
                         help="wall: median wall clock; cpu: minimum thread CPU time (CPU only, forces 1 thread)")
     parser.add_argument("--sizes", default=None,

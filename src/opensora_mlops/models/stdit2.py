@@ -421,7 +421,8 @@ class STDiT2(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> STDiT2:
-        """Load a model written by :meth:`save_pretrained`; ``overrides`` change behaviour flags."""
+        """Load a model written by :meth:`save_pretrained` (returned in eval mode); ``overrides`` change
+        behaviour flags such as ``grad_checkpointing`` or ``qk_norm_legacy``."""
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         for path in (config_path, weights_path):
@@ -436,7 +437,7 @@ class STDiT2(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         model.load_state_dict(load_file(str(weights_path)), strict=True, assign=True)
-        return model
+        return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -472,7 +473,8 @@ def load_opensora_checkpoint(model: STDiT2, path: str | Path) -> STDiT2:
     """Load an Open-Sora 1.1 STDiT2 checkpoint (or one of ours) into ``model`` with strict checking.
 
     ``path``: ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file or a directory holding
-    ``model.safetensors`` (the layout of the released ``OpenSora-STDiT-v2-stage2/3``). Nested dicts
+    ``model.safetensors`` (the layout of the released ``OpenSora-STDiT-v2-stage2/3``) or a 1.1 training
+    checkpoint's ``ema.pt`` (its sharded ``model/`` folder is not read). Nested dicts
     (``model``, ``state_dict``, ``module``, ``ema``) and ``module.`` prefixes are unwrapped. A null caption
     ``y_embedder.y_embedding`` shorter than the model's is extended by repeating its last token (a
     longer one is truncated), as Open-Sora 1.1 does when going from 120 to 200 T5 tokens. Any other
@@ -515,7 +517,8 @@ def load_opensora_checkpoint(model: STDiT2, path: str | Path) -> STDiT2:
             "were trained with RoPE applied before QK-norm; build the model with qk_norm_legacy=True for them",
             stacklevel=2,
         )
-    model.load_state_dict(state, strict=True)
+    # a model built under ``torch.device("meta")`` takes the checkpoint tensors themselves (no 2x memory)
+    model.load_state_dict(state, strict=True, assign=any(p.is_meta for p in model.parameters()))
     return model
 
 
