@@ -51,8 +51,8 @@ class EvaluationConfig:
     generation: dict[str, Any] = field(
         default_factory=lambda: {
             "num_frames": 8,
-            "height": 64,
-            "width": 64,
+            "height": 144,
+            "width": 256,
             "fps": 8.0,
             "steps": 10,
             "cfg_scale": 7.0,

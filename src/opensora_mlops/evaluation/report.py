@@ -58,10 +58,10 @@ def _grouped_bars(
         ax.bar(x + (i - (len(groups) - 1) / 2) * width, values, width, label=group)
     ax.set_xticks(x)
     ax.set_xticklabels(keys, rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.25)  # headroom for the legend above bars at 1.0
     ax.set_ylabel("score")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper center", ncol=max(1, len(groups)), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
