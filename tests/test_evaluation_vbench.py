@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from opensora_mlops.config import ConfigError
 from opensora_mlops.curation.synthetic import ShotSpec, caption_for, parse_caption, render_shot
 from opensora_mlops.evaluation.features import (
+    ClipIqaScorer,
     EvaluationModels,
     LaionAestheticScorer,
     LinearStack,
@@ -47,7 +48,10 @@ def test_bundled_suite_is_vbench_format_in_the_synthetic_vocabulary():
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ([{"prompt_en": "a red circle on a gray background", "dimension": ["colour"]}], "unknown VBench dimension"),
+        (
+            [{"prompt_en": "a red circle on a gray background", "dimension": ["colour"]}],
+            "unknown VBench dimension",
+        ),
         ([{"prompt_en": "x", "dimension": ["color"], "dimensions": []}], "unknown key"),
         ([{"prompt_en": "", "dimension": ["color"]}], "prompt_en"),
         ([{"prompt_en": "x", "dimension": "color"}], "'dimension' must be a non-empty list"),
@@ -106,11 +110,18 @@ def tiny_clip_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_clip")
     torch.manual_seed(0)
     config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=32, patch_size=8, projection_dim=16,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
     )
     CLIPVisionModelWithProjection(config).save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        directory
+    )
     return directory
 
 
@@ -127,8 +138,12 @@ def test_transformers_features_and_laion_head_from_local_paths(tiny_clip_dir, tm
 
     # LAION-style head: Linear stack 16 -> 8 -> 1, with the released file's key layout
     torch.manual_seed(1)
-    head = {"layers.0.weight": torch.randn(8, 16), "layers.0.bias": torch.randn(8),
-            "layers.2.weight": torch.randn(1, 8), "layers.2.bias": torch.tensor([50.0])}
+    head = {
+        "layers.0.weight": torch.randn(8, 16),
+        "layers.0.bias": torch.randn(8),
+        "layers.2.weight": torch.randn(1, 8),
+        "layers.2.bias": torch.tensor([50.0]),
+    }
     save_file(head, tmp_path / "head.safetensors")
     scorer = LaionAestheticScorer(tiny_clip_dir, tmp_path / "head.safetensors")
     values = scorer(frames)
@@ -137,8 +152,80 @@ def test_transformers_features_and_laion_head_from_local_paths(tiny_clip_dir, tm
     # the head's arithmetic: (W2 (W1 e + b1) + b2) / 10 on the L2-normalised embedding, clipped
     e = torch.from_numpy(embeddings)
     e = e / e.norm(dim=-1, keepdim=True)
-    expected = ((e @ head["layers.0.weight"].T + head["layers.0.bias"]) @ head["layers.2.weight"].T + 50.0) / 10
+    expected = (
+        (e @ head["layers.0.weight"].T + head["layers.0.bias"]) @ head["layers.2.weight"].T + 50.0
+    ) / 10
     np.testing.assert_allclose(values, expected.squeeze(-1).clamp(0, 1).numpy(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_full_clip_dir(tmp_path_factory):
+    """A random two-tower CLIP with a character-level BPE vocabulary (no merges), saved with its tokenizer."""
+    import string
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    directory = tmp_path_factory.mktemp("tiny_full_clip")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in string.ascii_lowercase + ".,!?'":
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt")).save_pretrained(directory)
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(directory)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        directory
+    )
+    return directory
+
+
+def test_clip_iqa_is_the_good_photo_probability(tiny_full_clip_dir):
+    frames = _frames("a red circle on a gray background", frames=3)
+    scorer = ClipIqaScorer(tiny_full_clip_dir)
+    values = scorer(frames)
+    assert values.shape == (3,) and np.all((values > 0) & (values < 1))
+    # recompute by hand: softmax(scale * cos(image, [good, bad]))[0]
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    model = CLIPModel.from_pretrained(tiny_full_clip_dir).eval()
+    tokens = AutoTokenizer.from_pretrained(tiny_full_clip_dir)(
+        ["Good photo.", "Bad photo."], padding=True, return_tensors="pt"
+    )
+    pixels = AutoImageProcessor.from_pretrained(tiny_full_clip_dir)(images=list(frames), return_tensors="pt")
+    with torch.no_grad():
+        out = model(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            pixel_values=pixels["pixel_values"],
+        )
+    np.testing.assert_allclose(values, out.logits_per_image.softmax(dim=-1)[:, 0].numpy(), atol=1e-5)
+    scorers = Scorers(imaging=scorer)
+    assert scorers.score("imaging_quality", frames, "x") == pytest.approx(float(values.mean()), abs=1e-6)
+    assert scorers.methods()["imaging_quality"].startswith("CLIP-IQA")
 
 
 def test_linear_stack_rejects_heads_that_do_not_chain():
@@ -187,8 +274,13 @@ def test_loss_by_timestep_is_reproducible_and_covers_every_range():
     other_noise = loss_by_timestep(model, diffusion, x_start, kwargs, timesteps_per_range=2, seed=4)
     assert not np.array_equal(table["loss"].to_numpy(), other_noise["loss"].to_numpy())
     summary = summarise_by_range(table)
-    assert set(summary) == {"val_loss_t000_250", "val_loss_t250_500", "val_loss_t500_750", "val_loss_t750_1000",
-                            "val_loss"}
+    assert set(summary) == {
+        "val_loss_t000_250",
+        "val_loss_t250_500",
+        "val_loss_t500_750",
+        "val_loss_t750_1000",
+        "val_loss",
+    }
     assert np.isfinite(list(summary.values())).all()
     np.testing.assert_allclose((table["mse"] + table["vb"]).to_numpy(), table["loss"].to_numpy(), rtol=1e-5)
 

@@ -1,8 +1,9 @@
 """Pretrained image features for the evaluation dimensions, loaded from local directories only.
 
-VBench measures subject consistency with DINO ViT-B/16, background consistency with CLIP ViT-B/32 and
+VBench measures subject consistency with DINO ViT-B/16, background consistency with CLIP ViT-B/32,
 aesthetic quality with the LAION aesthetic predictor (an MLP on L2-normalised CLIP ViT-L/14 image
-embeddings, outputs 1–10). When ``EvaluationModels`` names local paths for these, the evaluation uses
+embeddings, outputs 1–10) and imaging quality with MUSIQ; for the last, this module offers CLIP-IQA
+(Wang et al., 2023: CLIP's preference for "Good photo." over "Bad photo.", no extra weights). When ``EvaluationModels`` names local paths for these, the evaluation uses
 them; otherwise :mod:`opensora_mlops.evaluation.metrics` falls back to its classical features and the
 report says so. Nothing is downloaded.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,13 +27,15 @@ class EvaluationModels:
     ``subject_features``: a transformers image model directory (DINO/DINOv2/ViT/CLIP) for subject
     consistency; ``background_features``: a CLIP directory for background consistency;
     ``aesthetic_clip`` + ``aesthetic_head``: a CLIP directory and the LAION aesthetic MLP weights
-    (``.safetensors``, or ``.pth`` loaded with ``weights_only=True``).
+    (``.safetensors``, or ``.pth`` loaded with ``weights_only=True``); ``imaging_clip``: a full CLIP
+    directory (image and text towers + tokenizer) for CLIP-IQA imaging quality.
     """
 
     subject_features: str | None = None
     background_features: str | None = None
     aesthetic_clip: str | None = None
     aesthetic_head: str | None = None
+    imaging_clip: str | None = None
     device: str = "cpu"
 
     @classmethod
@@ -42,7 +46,13 @@ class EvaluationModels:
                 "evaluation.pretrained: aesthetic_clip and aesthetic_head must be given together, got "
                 f"aesthetic_clip={models.aesthetic_clip!r}, aesthetic_head={models.aesthetic_head!r}"
             )
-        for name in ("subject_features", "background_features", "aesthetic_clip", "aesthetic_head"):
+        for name in (
+            "subject_features",
+            "background_features",
+            "aesthetic_clip",
+            "aesthetic_head",
+            "imaging_clip",
+        ):
             path = getattr(models, name)
             if path is not None and not Path(path).exists():
                 raise ConfigError(f"evaluation.pretrained.{name}: path does not exist: {path}")
@@ -158,3 +168,48 @@ class LaionAestheticScorer:
             )
         embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return (self.head(embeddings).squeeze(-1) / 10.0).clamp(0.0, 1.0).cpu().numpy()
+
+
+def _as_tensor(output: Any) -> torch.Tensor:
+    """transformers 5 may return a model output where 4.x returned a tensor of features."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class ClipIqaScorer:
+    """CLIP-IQA imaging quality per frame in [0, 1]: softmax over the scaled cosine similarities of the
+    frame to the antonym prompts ("Good photo.", "Bad photo."), probability of the first."""
+
+    PROMPTS = ("Good photo.", "Bad photo.")
+
+    def __init__(self, clip_path: str | Path, device: str = "cpu", batch_size: int = 16):
+        import transformers
+
+        self.path = str(clip_path)
+        if not Path(self.path).is_dir():
+            raise FileNotFoundError(f"CLIP directory not found: {self.path}")
+        self.model = (
+            transformers.CLIPModel.from_pretrained(self.path, local_files_only=True).to(device).eval()
+        )
+        self.processor = transformers.AutoImageProcessor.from_pretrained(self.path, local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        with torch.no_grad():
+            tokens = tokenizer(list(self.PROMPTS), padding=True, return_tensors="pt").to(device)
+            text = _as_tensor(self.model.get_text_features(**tokens)).float()
+        self.text = text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        self.device = device
+        self.batch_size = batch_size
+        self.name = f"CLIP-IQA ({Path(self.path).name})"
+
+    @torch.no_grad()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        scale = float(self.model.logit_scale.exp())
+        out = []
+        for start in range(0, len(frames), self.batch_size):
+            pixels = self.processor(images=list(frames[start : start + self.batch_size]), return_tensors="pt")
+            image = _as_tensor(
+                self.model.get_image_features(pixel_values=pixels["pixel_values"].to(self.device))
+            )
+            image = image.float() / image.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            probabilities = torch.softmax(scale * image @ self.text.T, dim=-1)[:, 0]
+            out.append(probabilities.cpu().numpy())
+        return np.concatenate(out)

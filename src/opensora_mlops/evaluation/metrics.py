@@ -20,7 +20,8 @@ background_consist.  CLIP ViT-B/32, same formula           CLIP features from a 
                                                            histogram + coarse HOG of the background
 aesthetic_quality    LAION aesthetic MLP on CLIP ViT-L/14  the same when both weights are configured,
                                                            else sharpness·exposure·colour·(1−noise)
-imaging_quality      MUSIQ (SPAQ)                          Laplacian-variance sharpness damped by an
+imaging_quality      MUSIQ (SPAQ)                          CLIP-IQA when a CLIP path is configured, else
+                                                           Laplacian-variance sharpness damped by an
                                                            Immerkær noise estimate (no-reference)
 ==================== ===================================== ===========================================
 
@@ -54,7 +55,7 @@ METHODS: dict[str, str] = {
     "(classical; "
     "LAION aesthetic MLP on CLIP when configured)",
     "imaging_quality": "Laplacian-variance sharpness x (1 - Immerkaer noise estimate), no-reference "
-    "(classical; VBench uses MUSIQ)",
+    "(classical; CLIP-IQA when configured; VBench uses MUSIQ)",
 }
 
 
@@ -383,7 +384,10 @@ def aesthetic_quality(frames: np.ndarray, scorer: Callable[[np.ndarray], np.ndar
     return float(np.mean([frame_aesthetic(f) for f in frames]))
 
 
-def imaging_quality(frames: np.ndarray) -> float:
-    """Mean :func:`frame_imaging_quality` over the frames."""
+def imaging_quality(frames: np.ndarray, scorer: Callable[[np.ndarray], np.ndarray] | None = None) -> float:
+    """Mean per-frame imaging quality in [0, 1]: ``scorer(frames) -> [T]`` (e.g. CLIP-IQA) when given,
+    else :func:`frame_imaging_quality`."""
     frames = check_frames(frames)
+    if scorer is not None:
+        return float(np.clip(np.mean(scorer(frames)), 0.0, 1.0))
     return float(np.mean([frame_imaging_quality(f) for f in frames]))

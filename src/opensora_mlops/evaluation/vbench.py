@@ -25,6 +25,7 @@ from opensora_mlops.config import ConfigError, check_keys
 from opensora_mlops.curation.synthetic import parse_caption
 from opensora_mlops.evaluation import metrics
 from opensora_mlops.evaluation.features import (
+    ClipIqaScorer,
     EvaluationModels,
     LaionAestheticScorer,
     TransformersImageFeatures,
@@ -115,6 +116,7 @@ class Scorers:
     subject_features: Callable[[np.ndarray], np.ndarray] | None = None
     background_features: Callable[[np.ndarray], np.ndarray] | None = None
     aesthetic: Callable[[np.ndarray], np.ndarray] | None = None
+    imaging: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def from_models(cls, models: EvaluationModels | None) -> Scorers:
@@ -129,6 +131,7 @@ class Scorers:
             aesthetic=LaionAestheticScorer(models.aesthetic_clip, models.aesthetic_head, models.device)
             if models.aesthetic_clip
             else None,
+            imaging=ClipIqaScorer(models.imaging_clip, models.device) if models.imaging_clip else None,
         )
 
     def methods(self) -> dict[str, str]:
@@ -144,6 +147,11 @@ class Scorers:
         if self.aesthetic is not None:
             out["aesthetic_quality"] = (
                 getattr(self.aesthetic, "name", "pretrained aesthetic predictor") + " / 10"
+            )
+        if self.imaging is not None:
+            out["imaging_quality"] = (
+                getattr(self.imaging, "name", "CLIP-IQA")
+                + ": P('Good photo.') against 'Bad photo.' (VBench: MUSIQ)"
             )
         return out
 
@@ -162,7 +170,7 @@ class Scorers:
         if dimension == "aesthetic_quality":
             return metrics.aesthetic_quality(frames, self.aesthetic)
         if dimension == "imaging_quality":
-            return metrics.imaging_quality(frames)
+            return metrics.imaging_quality(frames, self.imaging)
         if dimension in SYNTHETIC_DIMENSIONS:
             spec = parse_caption(prompt)
             if spec is None:
