@@ -108,7 +108,14 @@ def _html_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str], f
         cells = []
         for c in columns:
             v = values.get(c)
-            cells.append(f"<td>{v:.4f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>")
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                cells.append("<td>n/a</td>")
+            elif c == "n":
+                cells.append(f"<td>{int(v)}</td>")
+            elif isinstance(v, float):
+                cells.append(f"<td>{v:.4f}</td>")
+            else:
+                cells.append(f"<td>{html.escape(str(v))}</td>")
         body.append(f"<tr><th>{html.escape(str(name))}</th>{''.join(cells)}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
