@@ -200,3 +200,21 @@ def test_validation_loss_falls_from_stage_to_stage(cache, reference, tmp_path):
     assert losses[0] > losses[1] > losses[2], losses
     # fixed timesteps and noise: the measurement itself is deterministic
     assert validation_loss(start, val)["val_loss"] == losses[0]
+
+
+def test_cache_keeps_the_fps_the_dataset_feeds_the_model_for_images(tmp_path):
+    from PIL import Image
+
+    from opensora_mlops.data.dataset import IMAGE_FPS
+
+    clips = tiny.write_clips(tmp_path / "clips", count=1, frames=3, fps=12.0)
+    image = tmp_path / "still.png"
+    Image.new("RGB", (256, 144), (200, 30, 30)).save(image)
+    still = {"path": str(image), "text": "a red frame", "num_frames": 1, "height": 144, "width": 256,
+             "aspect_ratio": 144 / 256, "fps": float("nan"), "resolution": 144 * 256, "duration": 0.0}
+    table = tiny.bucket_table(pd.concat([clips, pd.DataFrame([still])], ignore_index=True), num_frames=1,
+                              batch_size=1)
+    manifest = tiny.build_cache(table, tmp_path / "cache", holdout_fraction=0.0)
+    index = LatentCache(manifest["train_dir"]).index.set_index("path")["fps"]
+    assert index[str(image)] == IMAGE_FPS  # the table says NaN: a still has no frame rate of its own
+    assert not index.isna().any()

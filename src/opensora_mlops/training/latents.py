@@ -115,7 +115,8 @@ def write_latent_cache(
 ) -> Path:
     """Encode every row of ``table`` (kept bucket rows) and write the cache atomically.
 
-    ``load_video(key)`` returns the clip [3, T, H, W] in [-1, 1] at its bucket size;
+    ``load_video(key)`` returns the clip [3, T, H, W] in [-1, 1] at its bucket size, or the dataset's
+    sample dict (``video`` and the ``fps`` it fed the model: images get the dataset's image fps);
     ``encode_video`` maps [B, 3, T, H, W] to latents; ``encode_text`` maps captions to (emb, mask).
     """
     directory = Path(directory)
@@ -123,6 +124,7 @@ def write_latent_cache(
     tmp.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     table = table.reset_index(drop=True)
+    fps = table["fps"].astype(float).to_numpy().copy() if "fps" in table.columns else np.full(len(table), np.nan)
     groups = table.groupby("bucket_id", sort=True).indices
     with tqdm(total=len(table), desc=f"caching latents -> {directory.name}", unit="clip") as bar:
         for _, rows in groups.items():
@@ -133,7 +135,11 @@ def write_latent_cache(
                     row = table.iloc[r]
                     key = SampleKey(r, int(row["bucket_num_frames"]), int(row["bucket_height"]),
                                     int(row["bucket_width"]), str(row["bucket_id"]))
-                    videos.append(load_video(key))
+                    sample = load_video(key)
+                    if isinstance(sample, Mapping):
+                        fps[r] = float(sample["fps"])  # the micro-condition the dataset decided on
+                        sample = sample["video"]
+                    videos.append(sample)
                 with torch.no_grad():
                     latents = encode_video(torch.stack(videos))
                     emb, mask = encode_text([str(table.iloc[r]["text"]) for r in chunk])
@@ -144,6 +150,10 @@ def write_latent_cache(
                 bar.update(len(chunk))
     save_file(tensors, str(tmp / TENSORS_FILE))
     index = table.copy()
+    if np.isnan(fps).any():
+        bad = index.loc[np.isnan(fps), "path"].tolist()[:3]
+        raise ValueError(f"no fps for {int(np.isnan(fps).sum())} cached sample(s), e.g. {bad}")
+    index["fps"] = fps
     for col in index.columns:  # Parquet wants plain column types for object columns
         if index[col].dtype == object:
             index[col] = index[col].astype(str)
@@ -217,7 +227,7 @@ def build_stage_caches(
         rows = rows.reset_index(drop=True)
         dataset = VideoBucketDataset(rows, frame_interval=frame_interval, root=video_root, seed=seed)
         write_latent_cache(
-            out_dir / split, rows, lambda key, ds=dataset: ds[key]["video"], vae.encode, text_encoder.encode,
+            out_dir / split, rows, lambda key, ds=dataset: ds[key], vae.encode, text_encoder.encode,
             {**dict(meta or {}), **manifest, "split": split, "num_samples": len(rows)}, batch_size=batch_size,
         )  # fmt: skip
         manifest[f"{split}_dir"] = str(out_dir / split)
