@@ -125,6 +125,14 @@ def test_resume_after_stop_continues_the_same_trajectory(cache, reference, tmp_p
     for name in a:
         torch.testing.assert_close(a[name], b[name], msg=name)
     assert second.last_loss == pytest.approx(straight.last_loss, rel=1e-5)
+    # the same command once more: nothing to train, and the final weights stay untouched (so a later
+    # stage that starts from them does not restart)
+    weights_file = tmp_path / "b" / "final" / "model" / "model.safetensors"
+    written = weights_file.stat().st_mtime_ns
+    again = launch(tiny.train_config(tmp_path / "b", cache["train_dir"], max_steps=REFERENCE_STEPS),
+                   progress=False)
+    assert again.resumed_from == REFERENCE_STEPS and again.steps == REFERENCE_STEPS
+    assert weights_file.stat().st_mtime_ns == written
     # another configuration in the same folder starts over instead of resuming someone else's run
     changed = launch(tiny.train_config(tmp_path / "b", cache["train_dir"], max_steps=REFERENCE_STEPS, lr=5e-4),
                      progress=False)

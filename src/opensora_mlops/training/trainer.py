@@ -109,6 +109,18 @@ RESUMABLE_KEYS = ("max_steps", "ckpt_every", "keep_last", "log_every", "sample_e
                   "world_size", "find_unused_parameters")
 
 
+def weights_digest(directory: Path) -> str:
+    """Content hash of a weights directory (rewriting identical weights does not change it)."""
+    digest = hashlib.sha256()
+    for f in sorted(directory.iterdir()):
+        if f.is_file():
+            digest.update(f.name.encode())
+            with open(f, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def config_fingerprint(cfg: TrainConfig) -> str:
     """Hash of everything that defines the optimisation trajectory (config, data version, init weights).
 
@@ -117,8 +129,7 @@ def config_fingerprint(cfg: TrainConfig) -> str:
     """
     values = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS}
     if cfg.init_from:
-        init = resolve_init_dir(cfg.init_from)
-        values["init_weights"] = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(init.iterdir())]
+        values["init_weights"] = weights_digest(resolve_init_dir(cfg.init_from))
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -188,6 +199,14 @@ class EventLog:
             handle.write(json.dumps(record, default=float) + "\n")
         if self.callback is not None:
             self.callback(kind, payload)
+
+
+def _final_is_current(final: Path, step: int, fingerprint: str) -> bool:
+    state_file = final / "train_state.json"
+    if not state_file.exists():
+        return False
+    state = json.loads(state_file.read_text())
+    return int(state.get("steps", -1)) == step and state.get("fingerprint") == fingerprint
 
 
 # ---------------------------------------------------------------- the loop
@@ -361,11 +380,20 @@ def train_stage(
                     log("sample", {"step": step, "path": str(sample_path)})
         bar.close()
 
+        final = run_dir / FINAL_DIR
+        if resumed_from == cfg.max_steps and _final_is_current(final, step, fingerprint):
+            # nothing was trained: leave the final weights (and their hash, which the next stage's
+            # fingerprint includes) untouched
+            state = json.loads((final / "train_state.json").read_text())
+            result = TrainResult(stage=cfg.stage, run_dir=str(run_dir), final_dir=str(final), steps=step,
+                                 resumed_from=resumed_from, last_loss=float(state["last_loss"]),
+                                 samples_seen=samples_seen, wall_seconds=time.time() - start_time)
+            log("end", dataclasses.asdict(result))
+            return result
         path = save_checkpoint(ckpt_root, step, model, ema, optimizer, batches.state_dict(),
                                {"samples_seen": samples_seen, "stage": cfg.stage, "fingerprint": fingerprint}, booster=booster,
                                sharded_optimizer=sharded, keep_last=cfg.keep_last, rank=ctx.rank,
                                world_size=ctx.world_size)
-        final = run_dir / FINAL_DIR
         if ctx.is_main:
             tmp = run_dir / f".tmp-{FINAL_DIR}"
             if tmp.exists():
@@ -375,7 +403,7 @@ def train_stage(
                 save_weights(ema.shadow, tmp / "ema")
             (tmp / "train_state.json").write_text(json.dumps(
                 {"stage": cfg.stage, "steps": step, "samples_seen": samples_seen, "last_loss": last_loss,
-                 "resumed_from": resumed_from, "checkpoint": str(path),
+                 "resumed_from": resumed_from, "checkpoint": str(path), "fingerprint": fingerprint,
                  "wall_seconds": time.time() - start_time}, indent=2))
             if final.exists():
                 shutil.rmtree(final)
