@@ -222,7 +222,14 @@ def test_cache_keeps_the_fps_the_dataset_feeds_the_model_for_images(tmp_path):
              "aspect_ratio": 144 / 256, "fps": float("nan"), "resolution": 144 * 256, "duration": 0.0}
     table = tiny.bucket_table(pd.concat([clips, pd.DataFrame([still])], ignore_index=True), num_frames=1,
                               batch_size=1)
-    manifest = tiny.build_cache(table, tmp_path / "cache", holdout_fraction=0.0)
+    manifest = tiny.build_cache(table, tmp_path / "cache", holdout_fraction=0.0, reuse_key={"vae": "tiny"})
     index = LatentCache(manifest["train_dir"]).index.set_index("path")["fps"]
     assert index[str(image)] == IMAGE_FPS  # the table says NaN: a still has no frame rate of its own
     assert not index.isna().any()
+    # the same table and encoders: the cache is reused, not encoded again; other encoders: rebuilt
+    tensors = Path(manifest["train_dir"]) / "tensors.safetensors"
+    written = tensors.stat().st_mtime_ns
+    assert tiny.build_cache(table, tmp_path / "cache", holdout_fraction=0.0, reuse_key={"vae": "tiny"}) == manifest
+    assert tensors.stat().st_mtime_ns == written
+    tiny.build_cache(table, tmp_path / "cache", holdout_fraction=0.0, reuse_key={"vae": "other"})
+    assert tensors.stat().st_mtime_ns != written

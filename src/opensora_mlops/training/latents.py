@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from tqdm.auto import tqdm
 from opensora_mlops.config import ConfigError
 from opensora_mlops.data.buckets import BucketConfig
 from opensora_mlops.data.sampler import SampleKey, VariableVideoBatchSampler
+
+logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.parquet"
 TENSORS_FILE = "tensors.safetensors"
@@ -202,11 +205,14 @@ def build_stage_caches(
     seed: int = 0,
     batch_size: int = 4,
     meta: Mapping[str, Any] | None = None,
+    reuse_key: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Encode a stage's kept clips into ``<out_dir>/train`` and, with a hold-out, ``<out_dir>/val``.
 
     Returns a manifest dict (directories, counts, a content hash of the input table) that the
-    pipeline stores as its catalog output.
+    pipeline stores as its catalog output. With ``reuse_key`` (what identifies the encoders, e.g. their
+    configs and weight hashes) an existing cache built from the same table, settings and encoders is
+    reused instead of encoded again, so rerunning a finished stage costs seconds.
     """
     from opensora_mlops.data.dataset import VideoBucketDataset
 
@@ -219,6 +225,19 @@ def build_stage_caches(
     manifest: dict[str, Any] = {"table_hash": content_hash, "latent_channels": int(vae.latent_channels),
                                 "text_dim": int(text_encoder.output_dim),
                                 "text_length": int(text_encoder.model_max_length)}
+    cache_key = None
+    if reuse_key is not None:
+        identity = {"table": pd.util.hash_pandas_object(kept.astype(str), index=False).values.tobytes().hex(),
+                    "frame_interval": frame_interval, "holdout_fraction": holdout_fraction, "seed": seed,
+                    "video_root": str(video_root), "encoders": dict(reuse_key)}
+        cache_key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        stored = out_dir / "manifest.json"
+        if stored.exists():
+            previous = json.loads(stored.read_text())
+            dirs_ok = all(Path(previous[k]).exists() for k in ("train_dir", "val_dir") if k in previous)
+            if previous.get("cache_key") == cache_key and dirs_ok:
+                logger.info("latent cache %s is up to date (key %s); not encoding again", out_dir, cache_key)
+                return previous
     for split, rows in (("train", kept[~held]), ("val", kept[held])):
         if rows.empty:
             if split == "train":
@@ -232,4 +251,7 @@ def build_stage_caches(
         )  # fmt: skip
         manifest[f"{split}_dir"] = str(out_dir / split)
         manifest[f"num_{split}"] = len(rows)
+    if cache_key is not None:
+        manifest["cache_key"] = cache_key
+        (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -52,15 +52,15 @@ def bucket_table(clips: pd.DataFrame, num_frames: int = 2, batch_size: int = 2, 
     return assign_buckets(clips, config, frame_interval=1, seed=seed)
 
 
-def build_cache(table: pd.DataFrame, out_dir: str | Path, holdout_fraction: float = 0.25, seed: int = 0
-                ) -> dict[str, Any]:
+def build_cache(table: pd.DataFrame, out_dir: str | Path, holdout_fraction: float = 0.25, seed: int = 0,
+                reuse_key: dict[str, Any] | None = None) -> dict[str, Any]:
     """Latent caches (train/val) for ``table`` with the seeded tiny VAE and MiniLM (32 tokens)."""
     from opensora_mlops.models.text_encoder import build_text_encoder
     from opensora_mlops.training.components import build_vae
     from opensora_mlops.training.latents import build_stage_caches
 
     return build_stage_caches(table, out_dir, build_vae({"type": "tiny"}), build_text_encoder(
-        {"type": "minilm", "max_length": 32}), holdout_fraction=holdout_fraction, seed=seed)
+        {"type": "minilm", "max_length": 32}), holdout_fraction=holdout_fraction, seed=seed, reuse_key=reuse_key)
 
 
 def train_config(run_dir: str | Path, cache_dir: str | Path, **overrides: Any) -> dict[str, Any]:

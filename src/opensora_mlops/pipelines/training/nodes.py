@@ -62,6 +62,16 @@ def frame_interval_of(settings: dict[str, Any], bucketing: dict[str, Any] | None
     return int(value)
 
 
+def _encoder_identity(vae_model: dict[str, Any], text_encoder: dict[str, Any]) -> dict[str, Any]:
+    """What the cached latents depend on besides the table: encoder configs and the VAE's weights."""
+    from opensora_mlops.training.trainer import weights_digest
+
+    identity: dict[str, Any] = {"vae": dict(vae_model), "text_encoder": dict(text_encoder)}
+    if vae_model.get("from_pretrained") and Path(vae_model["from_pretrained"]).is_dir():
+        identity["vae_weights"] = weights_digest(Path(vae_model["from_pretrained"]))
+    return identity
+
+
 def cache_stage_latents(bucket_table: pd.DataFrame, vae_model: dict[str, Any], stage: dict[str, Any],
                         shared: dict[str, Any], bucketing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Encode the stage's kept clips once (VAE latents + text embeddings) into data/05_model_input."""
@@ -95,6 +105,7 @@ def cache_stage_latents(bucket_table: pd.DataFrame, vae_model: dict[str, Any], s
         frame_interval=frame_interval, video_root=s.get("video_root"),
         holdout_fraction=float(cache.get("holdout_fraction", 0.0)), seed=int(s.get("seed", 0)),
         batch_size=int(cache.get("batch_size", 4)), meta={"stage": s["name"]},
+        reuse_key=_encoder_identity(vae_model, s["text_encoder"]),
     )  # fmt: skip
     return {"source": "cache", "stage": s["name"], "frame_interval": frame_interval, **manifest}
 
