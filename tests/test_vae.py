@@ -168,3 +168,28 @@ def test_fit_autoencoder_accepts_iterables_and_checks_input() -> None:
         fit_autoencoder(vae, torch.zeros(2, 4, 8, 8), steps=1, progress=False)
     with pytest.raises(ValueError, match="steps"):
         fit_autoencoder(vae, clips, steps=0, progress=False)
+
+
+def test_random_crops_draw_a_fresh_window_per_frame() -> None:
+    from opensora_mlops.models.vae import _random_crops
+
+    frames = torch.arange(4 * 3 * 20 * 30, dtype=torch.float32).reshape(4, 3, 20, 30)
+    crops = _random_crops(frames, 8, torch.Generator().manual_seed(0))
+    assert crops.shape == (4, 3, 8, 8)
+    corners = set()
+    for frame, crop in zip(frames, crops):
+        # each crop is a contiguous window of its own frame
+        flat = frame[0].flatten().tolist()
+        top, left = divmod(flat.index(crop[0, 0, 0].item()), 30)
+        assert torch.equal(crop, frame[:, top : top + 8, left : left + 8])
+        corners.add((top, left))
+    assert len(corners) > 1  # windows differ between frames
+    assert _random_crops(frames, 64, torch.Generator()).shape == (4, 3, 20, 30)  # larger: whole frame
+
+
+def test_fit_autoencoder_on_random_crops_keeps_full_frame_calibration() -> None:
+    clip = moving_shapes_clip()
+    vae = VideoAutoencoder.tiny(seed=0)
+    history = fit_autoencoder(vae, clip, steps=6, lr=2e-3, batch_size=4, crop=16, progress=False)
+    assert len(history) == 6 and all(torch.isfinite(torch.tensor(history)))
+    assert vae.encode(clip).std().item() == pytest.approx(1.0, rel=0.05)

@@ -281,6 +281,15 @@ def _batches(data: torch.Tensor | Iterable[torch.Tensor], batch_size: int,
             return
 
 
+def _random_crops(frames: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random ``size``×``size`` window per frame (the whole frame where it is smaller)."""
+    h, w = frames.shape[-2:]
+    ch, cw = min(size, h), min(size, w)
+    tops = torch.randint(h - ch + 1, (frames.shape[0],), generator=generator).tolist()
+    lefts = torch.randint(w - cw + 1, (frames.shape[0],), generator=generator).tolist()
+    return torch.stack([f[:, t : t + ch, l : l + cw] for f, t, l in zip(frames, tops, lefts)])
+
+
 def fit_autoencoder(
     vae: VideoAutoencoder,
     data: torch.Tensor | Iterable[torch.Tensor],
@@ -292,6 +301,7 @@ def fit_autoencoder(
     seed: int = 0,
     calibrate_scale: bool = True,
     progress: bool = True,
+    crop: int | None = None,
 ) -> list[float]:
     """Train ``vae``'s AutoencoderKL on video frames; returns the per-step loss history.
 
@@ -300,6 +310,10 @@ def fit_autoencoder(
     re-iterable, e.g. a list or a DataLoader).  Loss per step: ``L1 + mse_weight·MSE`` between frames
     and reconstructions of a posterior sample, plus ``kl_weight`` × the KL to N(0, I) per latent
     element (small, as in SD's VAE, so latents stay informative yet bounded).  AdamW, constant ``lr``.
+
+    ``crop``: train on a fresh random ``crop``×``crop`` window of every frame at every step (the network
+    is convolutional, so small windows train the same filters several times cheaper; drawing them anew
+    each step lets every part of every frame, the small moving subjects included, be seen).
 
     With ``calibrate_scale`` the scale factor becomes 1 / std of the posterior means over up to 256
     training frames, so the diffusion model sees unit-variance latents.  The module is left in eval
@@ -329,6 +343,8 @@ def fit_autoencoder(
             frames = frames.to(vae.device, vae.dtype)
             if sum(x.shape[0] for x in calibration) < 256:
                 calibration.append(frames.detach()[:64])
+            if crop:
+                frames = _random_crops(frames, crop, generator)
             dist = vae.posterior(frames)
             z = dist.sample(generator=None)
             recon = module.decode(z).sample[..., : frames.shape[-2], : frames.shape[-1]]

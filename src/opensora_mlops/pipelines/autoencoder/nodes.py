@@ -32,12 +32,6 @@ def _frames_for_fitting(clips: pd.DataFrame, params: dict[str, Any]) -> torch.Te
         video, _ = decode_all_frames(p)
         pick = rng.choice(len(video), size=min(len(video), int(params.get("frames_per_clip", 4))), replace=False)
         chosen = resize_crop(video[np.sort(pick)], int(params.get("height", 144)), int(params.get("width", 256)))
-        crop = params.get("crop")
-        if crop:  # the VAE is convolutional: fitting on crops at the bucket scale is several times cheaper
-            size = min(int(crop), chosen.shape[1], chosen.shape[2])
-            top = int(rng.integers(0, chosen.shape[1] - size + 1))
-            left = int(rng.integers(0, chosen.shape[2] - size + 1))
-            chosen = np.ascontiguousarray(chosen[:, top : top + size, left : left + size])
         frames.append(to_model_range(chosen).permute(1, 0, 2, 3))  # [T, 3, H, W]
     if not frames:
         raise ConfigError("the autoencoder pipeline found no clips to fit on")
@@ -66,7 +60,8 @@ def fit_vae(clips: pd.DataFrame, params: dict[str, Any]) -> tuple[dict[str, Any]
     vae = VideoAutoencoder.tiny(seed=int(params.get("seed", 0)))
     history = fit_autoencoder(vae, frames, steps=int(params.get("steps", 200)), lr=float(params.get("lr", 1e-3)),
                               batch_size=int(params.get("batch_size", 8)),
-                              kl_weight=float(params.get("kl_weight", 1e-6)), seed=int(params.get("seed", 0)))
+                              kl_weight=float(params.get("kl_weight", 1e-6)), seed=int(params.get("seed", 0)),
+                              crop=int(params["crop"]) if params.get("crop") else None)
     with torch.no_grad():
         sample = frames[: min(16, len(frames))].permute(1, 0, 2, 3)[None]  # [1, 3, T, H, W]
         recon = vae.decode(vae.encode(sample), size=tuple(sample.shape[-2:]))
