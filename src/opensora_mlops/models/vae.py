@@ -287,7 +287,7 @@ def _random_crops(frames: torch.Tensor, size: int, generator: torch.Generator) -
     ch, cw = min(size, h), min(size, w)
     tops = torch.randint(h - ch + 1, (frames.shape[0],), generator=generator).tolist()
     lefts = torch.randint(w - cw + 1, (frames.shape[0],), generator=generator).tolist()
-    return torch.stack([f[:, t : t + ch, l : l + cw] for f, t, l in zip(frames, tops, lefts)])
+    return torch.stack([f[:, top : top + ch, left : left + cw] for f, top, left in zip(frames, tops, lefts)])
 
 
 def fit_autoencoder(
