@@ -63,11 +63,12 @@ def bucket_config_from_table(table: pd.DataFrame, batch_scale: float = 1.0) -> B
 
 
 def holdout_mask(paths: pd.Series, fraction: float, seed: int) -> np.ndarray:
-    """Deterministic held-out selection by hashing the clip path (stable across stages and runs)."""
+    """Deterministic held-out selection by hashing the clip's file name: stable across stages and runs,
+    and across machines (the same clips stay held out when the data root moves)."""
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"holdout_fraction must be in [0, 1), got {fraction}")
     values = np.array(
-        [int.from_bytes(hashlib.sha256(f"{seed}:{p}".encode()).digest()[:8], "little") / 2**64 for p in paths]
+        [int.from_bytes(hashlib.sha256(f"{seed}:{Path(str(p)).name}".encode()).digest()[:8], "little") / 2**64 for p in paths]
     )
     held = values < fraction
     if fraction > 0 and len(values) > 1 and not held.any():
