@@ -5,7 +5,6 @@ report, the DVC metrics file and the MLflow nested run."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -25,16 +24,6 @@ from opensora_mlops.pipelines.evaluation.pipeline import create_pipeline
 from opensora_mlops.training.latents import SampleKey, write_latent_cache
 
 TEXT_ENCODER = {"type": "minilm", "max_length": 32}
-
-
-def _sqlite_store(tmp_path_factory, target: Path) -> str:
-    """A fresh MLflow SQLite store at ``target``: a copy of one migrated per test session (creating the
-    tables runs MLflow's migrations, which takes seconds each time)."""
-    template = tmp_path_factory.getbasetemp() / "mlflow_template.db"
-    if not template.exists():
-        mlflow.MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
-    shutil.copyfile(template, target)
-    return f"sqlite:///{target}"
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +127,7 @@ def test_pipeline_wiring():
     assert "evaluation_metrics" in pipeline.all_outputs()
 
 
-def test_evaluation_nodes_end_to_end(tmp_path, tmp_path_factory, stage_model, real_clips, latent_cache):
+def test_evaluation_nodes_end_to_end(tmp_path, mlflow_sqlite_store, stage_model, real_clips, latent_cache):
     params = _params(tmp_path)
     samples = nodes.generate_samples(stage_model, params)
     groups = [r["group"] for r in samples["records"]]
@@ -190,7 +179,7 @@ def test_evaluation_nodes_end_to_end(tmp_path, tmp_path_factory, stage_model, re
     json.dumps(metrics)
 
     # MLflow: a nested "evaluation" run under the active parent run
-    mlflow.set_tracking_uri(_sqlite_store(tmp_path_factory, tmp_path / "mlflow.db"))
+    mlflow.set_tracking_uri(mlflow_sqlite_store(tmp_path / "mlflow.db"))
     experiment = mlflow.create_experiment("eval-test", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment, run_name="kedro run evaluation") as parent:
         nodes.log_to_mlflow(metrics, report)

@@ -30,16 +30,6 @@ from opensora_mlops.pipelines.export.pipeline import create_pipeline
 TEXT_ENCODER = {"type": "minilm", "max_length": 32}
 
 
-def _sqlite_store(tmp_path_factory, target: Path) -> str:
-    """A fresh MLflow SQLite store at ``target``: a copy of one migrated per test session (creating the
-    tables runs MLflow's migrations, which takes seconds each time)."""
-    template = tmp_path_factory.getbasetemp() / "mlflow_template.db"
-    if not template.exists():
-        mlflow.MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
-    shutil.copyfile(template, target)
-    return f"sqlite:///{target}"
-
-
 # Open-Sora v1.1.0's STDiT2Config.__init__ arguments (opensora/models/stdit/stdit2.py)
 V11_CONFIG_FIELDS = {
     "input_size",
@@ -220,7 +210,7 @@ def test_pipeline_wiring():
     assert pipeline.all_outputs() == {"export.manifest", "export.registration"}
 
 
-def test_pyfunc_round_trip_through_the_registry(components, tmp_path, tmp_path_factory):
+def test_pyfunc_round_trip_through_the_registry(components, tmp_path, mlflow_sqlite_store):
     """The export node, then the registration node inside a parent run, then load by registry URI."""
     stage_model = {
         "stage": "stage3",
@@ -246,7 +236,7 @@ def test_pyfunc_round_trip_through_the_registry(components, tmp_path, tmp_path_f
     )
     assert manifest["scores"] == {"adherence.trained.adherence": 0.5, "vbench.trained.imaging_quality": 0.7}
 
-    mlflow.set_tracking_uri(_sqlite_store(tmp_path_factory, tmp_path / "mlflow.db"))
+    mlflow.set_tracking_uri(mlflow_sqlite_store(tmp_path / "mlflow.db"))
     try:
         experiment = mlflow.create_experiment(
             "export-test", artifact_location=(tmp_path / "artifacts").as_uri()

@@ -36,16 +36,6 @@ METRIC = "train_loss"
 SERVER_START_TIMEOUT_S = 180
 
 
-def _sqlite_store(tmp_path_factory, target: Path) -> str:
-    """A fresh MLflow SQLite store at ``target``: a copy of one migrated per test session (creating the
-    tables runs MLflow's migrations, which takes seconds each time)."""
-    template = tmp_path_factory.getbasetemp() / "mlflow_template.db"
-    if not template.exists():
-        mlflow.MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
-    shutil.copyfile(template, target)
-    return f"sqlite:///{target}"
-
-
 def _chromium() -> str:
     for name in CHROMIUM_NAMES:
         path = shutil.which(name)
@@ -108,10 +98,10 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def mlflow_ui(tmp_path_factory):
+def mlflow_ui(tmp_path_factory, mlflow_sqlite_store):
     """(base URL, {run name: run id}, experiment id) of a live ``mlflow server`` over fresh runs."""
     root = tmp_path_factory.mktemp("mlflow_ui")
-    tracking_uri = _sqlite_store(tmp_path_factory, root / "mlflow.db")
+    tracking_uri = mlflow_sqlite_store(root / "mlflow.db")
     ids = _log_runs(tracking_uri, root / "artifacts")
     experiment_id = mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(ids[PARENT]).info.experiment_id
     port = _free_port()
