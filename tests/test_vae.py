@@ -1,4 +1,4 @@
-"""VideoAutoencoder: per-frame AutoencoderKL for videos, persistence, and fitting the tiny one."""
+"""VideoAutoencoder: per-frame AutoencoderKL / AutoencoderTiny for videos, persistence, fitting the tiny one."""
 
 from __future__ import annotations
 
@@ -24,18 +24,21 @@ def moving_shapes_clip(frames: int = 8, height: int = 32, width: int = 32) -> to
     return video[None]
 
 
-@pytest.fixture(scope="module")
-def vae() -> VideoAutoencoder:
-    return VideoAutoencoder.tiny(seed=0)
+@pytest.fixture(scope="module", params=["taesd", "kl"])
+def vae(request: pytest.FixtureRequest) -> VideoAutoencoder:
+    return VideoAutoencoder.tiny(seed=0, arch=request.param)
 
 
-def test_tiny_geometry(vae: VideoAutoencoder) -> None:
-    assert vae.latent_channels == 4
-    assert vae.downsample_factor == 8
-    assert vae.patch_size == (1, 8, 8)
-    assert vae.get_latent_size((16, 32, 48)) == (16, 4, 6)
-    assert vae.get_latent_size((5, 117, 50)) == (5, 15, 7)  # padded up, not floored
-    assert vae.get_latent_size((None, 64, 64)) == (None, 8, 8)
+def test_default_tiny_is_the_norm_free_taesd_layout() -> None:
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    default = VideoAutoencoder.tiny(seed=0)
+    assert isinstance(default.module, AutoencoderTiny) and default.deterministic
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in default.module.modules())
+    kl = VideoAutoencoder.tiny(seed=0, arch="kl")
+    assert isinstance(kl.module, AutoencoderKL) and not kl.deterministic
+    with pytest.raises(ConfigError, match="arch"):
+        VideoAutoencoder.tiny(arch="vqgan")
 
 
 @pytest.mark.parametrize(("t", "h", "w"), [(1, 16, 16), (3, 16, 24), (2, 13, 21)])
@@ -68,7 +71,8 @@ def test_micro_batching_matches_one_batch(vae: VideoAutoencoder) -> None:
     torch.testing.assert_close(micro.decode(whole), vae.decode(whole), atol=1e-5, rtol=1e-5)
 
 
-def test_scale_factor_applied_and_mean_vs_sample(vae: VideoAutoencoder) -> None:
+def test_scale_factor_applied_and_mean_vs_sample() -> None:
+    vae = VideoAutoencoder.tiny(seed=0, arch="kl")
     video = torch.rand(1, 3, 2, 16, 16) * 2 - 1
     frames = video[0].permute(1, 0, 2, 3)
     with torch.no_grad():
@@ -88,7 +92,24 @@ def test_scale_factor_applied_and_mean_vs_sample(vae: VideoAutoencoder) -> None:
         assert torch.equal(s1, s2)
         assert (s1 - latents).abs().max() > 1e-4
     finally:
-        scaled.scale_factor = 1.0  # shared module config: restore for other tests
+        scaled.scale_factor = 1.0
+
+
+def test_shift_and_scale_applied_for_the_deterministic_autoencoder() -> None:
+    vae = VideoAutoencoder.tiny(seed=0)
+    video = torch.rand(1, 3, 2, 16, 16) * 2 - 1
+    with torch.no_grad():
+        raw = vae.module.encode(video[0].permute(1, 0, 2, 3)).latents
+    vae.shift_factor, vae.scale_factor = 0.3, 2.0
+    latents = vae.encode(video)
+    torch.testing.assert_close(latents[0].permute(1, 0, 2, 3), (raw - 0.3) * 2.0, atol=1e-5, rtol=1e-5)
+    # deterministic: "sampling" the posterior returns the mean
+    torch.testing.assert_close(vae.encode(video, sample=True), latents)
+    with torch.no_grad():
+        direct = vae.module.decode(raw).sample.clamp(-1, 1)
+    torch.testing.assert_close(vae.decode(latents)[0].permute(1, 0, 2, 3), direct, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="shift_factor"):
+        vae.shift_factor = float("nan")
 
 
 def test_bad_inputs_are_named(vae: VideoAutoencoder) -> None:
@@ -104,13 +125,15 @@ def test_bad_inputs_are_named(vae: VideoAutoencoder) -> None:
         VideoAutoencoder.tiny(latent_chanels=8)
 
 
-def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    original = VideoAutoencoder.tiny(seed=3)
-    original.scale_factor = 0.5
+@pytest.mark.parametrize("arch", ["taesd", "kl"])
+def test_save_and_load_round_trip(tmp_path: Path, arch: str) -> None:
+    original = VideoAutoencoder.tiny(seed=3, arch=arch)
+    original.scale_factor, original.shift_factor = 0.5, -0.25
     original.save_pretrained(tmp_path / "vae")
     assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     loaded = VideoAutoencoder.from_pretrained(tmp_path / "vae", micro_batch_size=2)
-    assert loaded.scale_factor == 0.5 and loaded.micro_batch_size == 2
+    assert type(loaded.module) is type(original.module)
+    assert loaded.scale_factor == 0.5 and loaded.shift_factor == -0.25 and loaded.micro_batch_size == 2
     video = torch.rand(1, 3, 3, 16, 16) * 2 - 1
     torch.testing.assert_close(loaded.encode(video), original.encode(video))
     torch.testing.assert_close(loaded.decode(original.encode(video)), original.decode(original.encode(video)))
@@ -136,11 +159,16 @@ def test_from_pretrained_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         VideoAutoencoder.from_pretrained(tmp_path / "empty")
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    with pytest.raises(ValueError, match="UNet2DConditionModel.*AutoencoderKL, AutoencoderTiny"):
+        VideoAutoencoder.from_pretrained(tmp_path / "unet")
 
 
-def test_fit_autoencoder_learns_moving_shapes() -> None:
+@pytest.mark.parametrize("arch", ["taesd", "kl"])
+def test_fit_autoencoder_learns_moving_shapes(arch: str) -> None:
     clip = moving_shapes_clip()
-    vae = VideoAutoencoder.tiny(seed=0)
+    vae = VideoAutoencoder.tiny(seed=0, arch=arch)
 
     def reconstruction_error() -> float:
         return (vae.decode(vae.encode(clip), size=clip.shape[-2:]) - clip).abs().mean().item()
@@ -151,8 +179,10 @@ def test_fit_autoencoder_learns_moving_shapes() -> None:
     assert len(history) == 40 and all(torch.isfinite(torch.tensor(history)))
     assert after < before / 3, (before, after)
     assert sum(history[-10:]) < sum(history[:10]) / 2
-    # scale calibrated: the scaled latents have unit standard deviation on the training frames
-    assert vae.encode(clip).std().item() == pytest.approx(1.0, rel=0.05)
+    # normalisation calibrated per channel: every channel zero-mean, unit-std on the training frames
+    per_channel = vae.encode(clip)[0].flatten(1)
+    torch.testing.assert_close(per_channel.std(1), torch.ones(4), atol=0.05, rtol=0.0)
+    torch.testing.assert_close(per_channel.mean(1), torch.zeros(4), atol=0.05, rtol=0.0)
     assert not vae.module.training and not any(p.requires_grad for p in vae.module.parameters())
 
 
@@ -193,3 +223,29 @@ def test_fit_autoencoder_on_random_crops_keeps_full_frame_calibration() -> None:
     history = fit_autoencoder(vae, clip, steps=6, lr=2e-3, batch_size=4, crop=16, progress=False)
     assert len(history) == 6 and all(torch.isfinite(torch.tensor(history)))
     assert vae.encode(clip).std().item() == pytest.approx(1.0, rel=0.05)
+
+
+def test_per_channel_latent_stats_round_trip_and_validation(tmp_path: Path) -> None:
+    vae = VideoAutoencoder.tiny(seed=5)
+    video = torch.rand(1, 3, 2, 16, 16) * 2 - 1
+    with torch.no_grad():
+        raw = vae.module.encode(video[0].permute(1, 0, 2, 3)).latents
+    mean, std = torch.tensor([0.5, -1.0, 2.0, 0.0]), torch.tensor([1.0, 2.0, 0.5, 4.0])
+    vae.set_latent_stats(mean, std)
+    latents = vae.encode(video)
+    expected = (raw - mean.view(1, 4, 1, 1)) / std.view(1, 4, 1, 1)
+    torch.testing.assert_close(latents[0].permute(1, 0, 2, 3), expected, atol=1e-5, rtol=1e-5)
+    vae.save_pretrained(tmp_path / "vae")
+    loaded = VideoAutoencoder.from_pretrained(tmp_path / "vae")
+    torch.testing.assert_close(loaded.encode(video), latents)
+    torch.testing.assert_close(loaded.decode(latents), vae.decode(latents))
+    # an explicit scalar scale replaces the per-channel statistics
+    scalar = VideoAutoencoder.from_pretrained(tmp_path / "vae", scale_factor=0.5)
+    assert scalar.latent_mean is None
+    with pytest.raises(ValueError, match="4 values"):
+        vae.set_latent_stats([0.0] * 3, [1.0] * 3)
+    with pytest.raises(ValueError, match="positive"):
+        vae.set_latent_stats([0.0] * 4, [1.0, 1.0, 0.0, 1.0])
+    (tmp_path / "vae" / "latent_stats.json").write_text('{"mean": [0, 0, 0, 0]}')
+    with pytest.raises(ValueError, match="latent_stats.json"):
+        VideoAutoencoder.from_pretrained(tmp_path / "vae")

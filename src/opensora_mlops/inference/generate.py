@@ -25,7 +25,7 @@ The command line (``python -m opensora_mlops generate …``) loads the component
 model directory::
 
     <model-dir>/model/             STDiT2.save_pretrained (config.json + model.safetensors)
-    <model-dir>/vae/               VideoAutoencoder.save_pretrained (an AutoencoderKL directory)
+    <model-dir>/vae/               VideoAutoencoder.save_pretrained (an AutoencoderKL or AutoencoderTiny directory)
     <model-dir>/text_encoder.json  build_text_encoder config, e.g. {"type": "minilm", "max_length": 32};
                                    a relative "from_pretrained" is resolved against <model-dir>
     <model-dir>/scheduler.json     optional IDDPM config, e.g. {"num_timesteps": 1000, "cfg_scale": 7.0}
@@ -457,7 +457,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     src.add_argument("--model-name", help="named STDiT2 config for --checkpoint, e.g. STDiT2-XL/2")
     src.add_argument("--legacy", action="store_true",
                      help="1.1 behaviour flags for released weights (qk_norm_legacy, final_layer_legacy)")
-    src.add_argument("--vae", help="AutoencoderKL directory (e.g. sd-vae-ft-ema); overrides <model-dir>/vae")
+    src.add_argument("--vae", help="AutoencoderKL / AutoencoderTiny directory (e.g. sd-vae-ft-ema); overrides <model-dir>/vae")
     src.add_argument("--text-encoder", help="text encoder config: JSON object or JSON file, e.g. "
                      "'{\"type\": \"t5\", \"from_pretrained\": \"/models/t5-v1_1-xxl\"}'")
     src.add_argument("--vae-micro-batch-size", type=int, default=4,

@@ -1,11 +1,13 @@
-"""Video autoencoder: a 2D ``diffusers.AutoencoderKL`` applied frame by frame to videos.
+"""Video autoencoder: a 2D diffusers autoencoder applied frame by frame to videos.
 
 Open-Sora 1.1 compresses each frame independently with Stability's ``sd-vae-ft-ema`` (8× spatial
 downsampling, 4 latent channels, latents scaled by 0.18215); time is not compressed.  This module
-wraps any local ``AutoencoderKL`` the same way:
+wraps any local ``AutoencoderKL`` (or the deterministic ``AutoencoderTiny``) the same way:
 
 * ``encode(video [B, 3, T, H, W] in [-1, 1]) -> latents [B, C, T, ceil(H/f), ceil(W/f)]``: the
-  posterior *mean* times ``scale_factor`` (a sample from the posterior with ``sample=True``).
+  posterior *mean*, minus ``shift_factor``, times ``scale_factor`` (a sample from the posterior with
+  ``sample=True``); an autoencoder the platform fitted instead normalises each channel by its own
+  calibrated mean and std (``latent_stats.json`` beside its config).
 * ``decode(latents, size=None) -> video in [-1, 1]``.
 
 Frames go through the 2D model in micro-batches of ``micro_batch_size`` frames so that long videos fit
@@ -18,54 +20,116 @@ silently floor the size, losing up to ``f - 1`` pixels), so the latent grid is `
 ``size=(H, W)`` when given.  ``get_latent_size`` follows the same rule.
 
 For the embedded default the platform trains its own small autoencoder: :meth:`VideoAutoencoder.tiny`
-builds one with SD's geometry (8×, 4 channels) at a fraction of the width, and :func:`fit_autoencoder`
-trains it on video frames (L1 reconstruction + a small KL term) and calibrates ``scale_factor`` so the
-scaled latents have unit standard deviation, as Stability did to obtain 0.18215.
+builds one with SD's geometry (8×, 4 channels) at a fraction of the width (by default the norm-free
+TAESD layout, see :data:`TINY_AUTOENCODER_CONFIGS`), and :func:`fit_autoencoder` trains it on video
+frames (L1 + MSE reconstruction, plus a small KL term for AutoencoderKL) and calibrates the latent
+normalisation so every channel is zero-mean with unit standard deviation (Stability calibrated one
+global scale, 0.18215).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["VideoAutoencoder", "fit_autoencoder", "TINY_AUTOENCODER_CONFIG"]
+__all__ = ["VideoAutoencoder", "fit_autoencoder", "TINY_AUTOENCODER_CONFIGS", "LATENT_STATS_FILE"]
 
-# Four resolution levels -> three 2× downsamples -> factor 8 and 4 latent channels, as in SD's VAE, so
-# the embedded default and production share latent geometry; widths are cut for CPU speed.
-TINY_AUTOENCODER_CONFIG: dict = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [32, 64, 64, 64],
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 64,
-    # Uncalibrated: fit_autoencoder() replaces it with 1 / std(latent).
-    "scaling_factor": 1.0,
+#: Per-channel latent mean/std written beside config.json by save_pretrained when calibrated.
+LATENT_STATS_FILE = "latent_stats.json"
+
+# Two small autoencoders with SD's latent geometry (four resolution levels -> three 2x downsamples ->
+# factor 8, 4 latent channels), so the embedded default and production share latent shapes; widths are
+# cut for CPU speed.
+#
+# "taesd" (the default): diffusers' AutoencoderTiny, the TAESD architecture - plain conv + ReLU blocks,
+# no normalisation layers, a deterministic latent.  "kl": a narrow AutoencoderKL like sd-vae-ft-ema.
+# Measured on the bundled corpus (BENCHMARKS.md, "Embedded VAE"): the KL model's GroupNorm normalises every
+# feature map over space, so a flat background or a flat-coloured shape gives nearly the same features
+# whatever its colour; in a CPU-sized fit it learns brightness but not hue (reconstructed blue squares come
+# back tan, navy backgrounds maroon), which caps what the diffusion model can learn about colour.  The
+# norm-free TAESD layout keeps hue within the same few minutes.
+TINY_AUTOENCODER_CONFIGS: dict[str, dict] = {
+    "taesd": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "encoder_block_out_channels": [64, 64, 64, 64],
+        "decoder_block_out_channels": [64, 64, 64, 64],
+        # no residual block at full resolution (one conv in, one conv out there): 4-5x cheaper per
+        # pixel, which buys more fitting steps in the same minutes
+        "num_encoder_blocks": [0, 1, 1, 1],
+        "num_decoder_blocks": [1, 1, 1, 0],
+        "latent_channels": 4,
+        "act_fn": "relu",
+        "upsample_fn": "nearest",
+        "upsampling_scaling_factor": 2,
+        # Uncalibrated: fit_autoencoder() replaces them with the latents' mean and 1 / std.
+        "scaling_factor": 1.0,
+        "shift_factor": 0.0,
+    },
+    "kl": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [32, 64, 64, 64],
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 32,
+        "sample_size": 64,
+        "scaling_factor": 1.0,
+        "shift_factor": 0.0,
+    },
 }
 
 
+class _PointPosterior:
+    """The posterior of a deterministic autoencoder (AutoencoderTiny): all mass on one latent."""
+
+    def __init__(self, latents: torch.Tensor) -> None:
+        self.mean = latents
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.mean
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        return self.mean.new_zeros(self.mean.shape[0])
+
+
+def _autoencoder_classes() -> dict[str, type]:
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    return {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}
+
+
 class VideoAutoencoder(nn.Module):
-    """Per-frame ``AutoencoderKL`` for videos ``[B, 3, T, H, W]`` (see the module docstring)."""
+    """Per-frame ``AutoencoderKL`` / ``AutoencoderTiny`` for videos ``[B, 3, T, H, W]`` (module docstring)."""
 
     def __init__(self, autoencoder, micro_batch_size: int | None = None,
                  scale_factor: float | None = None) -> None:
         super().__init__()
-        from diffusers import AutoencoderKL
-
-        if not isinstance(autoencoder, AutoencoderKL):
-            raise TypeError(f"expected a diffusers AutoencoderKL, got {type(autoencoder).__name__}")
+        classes = tuple(_autoencoder_classes().values())
+        if not isinstance(autoencoder, classes):
+            raise TypeError(f"expected a diffusers AutoencoderKL or AutoencoderTiny, got {type(autoencoder).__name__}")
+        if getattr(autoencoder.config, "upsampling_scaling_factor", 2) != 2:
+            raise ValueError("AutoencoderTiny must upsample by 2 per level (upsampling_scaling_factor=2), or "
+                             "decoding would not invert encoding's 2x per-level downsampling")
         if micro_batch_size is not None and micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1 or None, got {micro_batch_size}")
         self.module = autoencoder
         self.micro_batch_size = micro_batch_size
+        # per-channel latent statistics (calibrated by fit_autoencoder, saved as LATENT_STATS_FILE); when
+        # set they replace the scalar shift/scale: z = (raw - mean_c) / std_c
+        self.latent_mean: torch.Tensor | None = None
+        self.latent_std: torch.Tensor | None = None
         if scale_factor is not None:
             self.scale_factor = scale_factor
 
@@ -80,11 +144,48 @@ class VideoAutoencoder(nn.Module):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"scale_factor must be a positive finite number, got {value}")
         self.module.register_to_config(scaling_factor=float(value))
+        self.latent_mean = self.latent_std = None  # an explicit scalar scale wins over per-channel stats
+
+    def set_latent_stats(self, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> None:
+        """Normalise each latent channel by its own mean and std (see the module docstring)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean.numel() != self.latent_channels or std.numel() != self.latent_channels:
+            raise ValueError(f"latent stats need {self.latent_channels} values each, got {mean.numel()} and "
+                             f"{std.numel()}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("latent stats must be finite with positive stds")
+        self.latent_mean, self.latent_std = mean, std
+
+    def _normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw latents ``[N, C, h, w]`` -> the latents the diffusion model sees."""
+        if self.latent_mean is None:
+            return (raw - self.shift_factor) * self.scale_factor
+        mean, std = (t.to(raw.device).view(1, -1, 1, 1) for t in (self.latent_mean, self.latent_std))
+        return (raw - mean) / std
+
+    def _denormalise(self, z: torch.Tensor) -> torch.Tensor:
+        if self.latent_mean is None:
+            return z / self.scale_factor + self.shift_factor
+        mean, std = (t.to(z.device).view(1, -1, 1, 1) for t in (self.latent_mean, self.latent_std))
+        return z * std + mean
 
     @property
     def shift_factor(self) -> float:
+        """Latent offset removed before scaling (``(z - shift) * scale``), stored in the config too."""
         shift = getattr(self.module.config, "shift_factor", None)
         return float(shift) if shift is not None else 0.0
+
+    @shift_factor.setter
+    def shift_factor(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise ValueError(f"shift_factor must be finite, got {value}")
+        self.module.register_to_config(shift_factor=float(value))
+
+    @property
+    def deterministic(self) -> bool:
+        """True for AutoencoderTiny (one latent per frame, no posterior variance, no KL term)."""
+        return type(self.module).__name__ == "AutoencoderTiny"
 
     @property
     def latent_channels(self) -> int:
@@ -92,7 +193,9 @@ class VideoAutoencoder(nn.Module):
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** (len(self.module.config.block_out_channels) - 1)
+        config = self.module.config
+        levels = config.encoder_block_out_channels if self.deterministic else config.block_out_channels
+        return 2 ** (len(levels) - 1)
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -132,8 +235,10 @@ class VideoAutoencoder(nn.Module):
         return frames
 
     def posterior(self, frames: torch.Tensor):
-        """The diagonal Gaussian posterior of frames ``[N, 3, H, W]`` (padded to a multiple of f)."""
-        return self.module.encode(self._pad(frames)).latent_dist
+        """The posterior of frames ``[N, 3, H, W]`` (padded to a multiple of f): diagonal Gaussian for
+        AutoencoderKL, a point mass for AutoencoderTiny.  Either has ``mean``, ``sample()`` and ``kl()``."""
+        encoded = self.module.encode(self._pad(frames))
+        return _PointPosterior(encoded.latents) if self.deterministic else encoded.latent_dist
 
     @staticmethod
     def _check_video(video: torch.Tensor, channels: int, what: str) -> None:
@@ -164,7 +269,7 @@ class VideoAutoencoder(nn.Module):
             dist = self.posterior(frames[part])
             z = dist.sample(generator=generator) if sample else dist.mean
             latents.append(z.float())
-        z = (torch.cat(latents) - self.shift_factor) * self.scale_factor
+        z = self._normalise(torch.cat(latents))
         _, lc, lh, lw = z.shape
         return z.reshape(b, t, lc, lh, lw).permute(0, 2, 1, 3, 4).contiguous()
 
@@ -184,7 +289,7 @@ class VideoAutoencoder(nn.Module):
                     and out_w > (w - 1) * f):
                 raise ValueError(f"size {tuple(size)} does not match latents of {h}×{w} (factor {f})")
         z = latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        z = (z / self.scale_factor + self.shift_factor).to(self.device, self.dtype)
+        z = self._denormalise(z).to(self.device, self.dtype)
         frames = torch.cat([self.module.decode(z[part]).sample.float() for part in self._chunks(b * t)])
         if size is not None:
             frames = frames[..., : size[0], : size[1]]
@@ -194,10 +299,17 @@ class VideoAutoencoder(nn.Module):
 
     # ---- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the AutoencoderKL (safetensors + config.json, scale factor included)."""
+        """Write the diffusers autoencoder (safetensors + config.json, scale and shift included) and, when
+        calibrated, the per-channel latent statistics (``latent_stats.json``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.module.save_pretrained(str(directory), safe_serialization=True)
+        stats = directory / LATENT_STATS_FILE
+        if self.latent_mean is not None:
+            stats.write_text(json.dumps({"mean": self.latent_mean.tolist(), "std": self.latent_std.tolist()},
+                                        indent=2))
+        elif stats.exists():
+            stats.unlink()
         return directory
 
     @classmethod
@@ -205,41 +317,63 @@ class VideoAutoencoder(nn.Module):
                         scale_factor: float | None = None, subfolder: str | None = None,
                         device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> VideoAutoencoder:
-        """Load any local ``AutoencoderKL`` directory (e.g. sd-vae-ft-ema); nothing is downloaded.
+        """Load a local ``AutoencoderKL`` (e.g. sd-vae-ft-ema) or ``AutoencoderTiny`` directory; nothing
+        is downloaded.  The class comes from ``_class_name`` in its config.json.
 
-        ``scale_factor`` overrides the one in the directory's config; ``subfolder`` selects e.g. the
-        ``vae`` folder of a full diffusers pipeline.
+        ``scale_factor`` overrides the one in the directory's config (and its per-channel
+        ``latent_stats.json``, if any); ``subfolder`` selects e.g. the ``vae`` folder of a full diffusers
+        pipeline.
         """
-        from diffusers import AutoencoderKL
-
         path = Path(path)
         root = path / subfolder if subfolder else path
         if not root.is_dir():
             raise FileNotFoundError(f"VAE directory not found: {root}")
-        if not (root / "config.json").is_file():
+        config_path = root / "config.json"
+        if not config_path.is_file():
             raise FileNotFoundError(
-                f"{root} is not an AutoencoderKL directory: it has no config.json "
-                "(expected the output of AutoencoderKL.save_pretrained)"
+                f"{root} is not an autoencoder directory: it has no config.json "
+                "(expected the output of AutoencoderKL.save_pretrained or AutoencoderTiny.save_pretrained)"
             )
-        module = AutoencoderKL.from_pretrained(str(root), local_files_only=True, torch_dtype=dtype)
+        try:
+            class_name = json.loads(config_path.read_text()).get("_class_name", "AutoencoderKL")
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise ValueError(f"{config_path} is not a JSON object: {exc}") from exc
+        classes = _autoencoder_classes()
+        if class_name not in classes:
+            raise ValueError(f"{config_path} describes a {class_name}; supported: {', '.join(classes)}")
+        module = classes[class_name].from_pretrained(str(root), local_files_only=True, torch_dtype=dtype)
         module.to(device).eval().requires_grad_(False)
-        return cls(module, micro_batch_size=micro_batch_size, scale_factor=scale_factor)
+        vae = cls(module, micro_batch_size=micro_batch_size)
+        stats_path = root / LATENT_STATS_FILE
+        if scale_factor is not None:
+            vae.scale_factor = scale_factor
+        elif stats_path.is_file():
+            try:
+                stats = json.loads(stats_path.read_text())
+                vae.set_latent_stats(stats["mean"], stats["std"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{stats_path} is not valid latent statistics: {exc}") from exc
+        return vae
 
     @classmethod
-    def tiny(cls, micro_batch_size: int | None = None, seed: int = 0, **overrides) -> VideoAutoencoder:
-        """An untrained small AutoencoderKL with SD's geometry (8×, 4 channels) for the embedded default.
+    def tiny(cls, micro_batch_size: int | None = None, seed: int = 0, arch: str = "taesd",
+             **overrides) -> VideoAutoencoder:
+        """An untrained small autoencoder with SD's geometry (8×, 4 channels) for the embedded default.
 
-        Keyword ``overrides`` replace entries of :data:`TINY_AUTOENCODER_CONFIG`.
+        ``arch``: "taesd" (AutoencoderTiny, the default) or "kl" (AutoencoderKL); see
+        :data:`TINY_AUTOENCODER_CONFIGS` for why.  Keyword ``overrides`` replace entries of its config.
         """
-        from diffusers import AutoencoderKL
+        from opensora_mlops.config import ConfigError, check_keys
 
-        from opensora_mlops.config import check_keys
-
-        check_keys(overrides, TINY_AUTOENCODER_CONFIG, "tiny autoencoder overrides")
-        config = {**TINY_AUTOENCODER_CONFIG, **overrides}
+        if arch not in TINY_AUTOENCODER_CONFIGS:
+            raise ConfigError(f"tiny autoencoder arch must be one of {sorted(TINY_AUTOENCODER_CONFIGS)}, got {arch!r}")
+        base = TINY_AUTOENCODER_CONFIGS[arch]
+        check_keys(overrides, base, "tiny autoencoder overrides")
+        config = {**base, **overrides}
+        module_class = _autoencoder_classes()["AutoencoderTiny" if arch == "taesd" else "AutoencoderKL"]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            module = AutoencoderKL(**config)
+            module = module_class(**config)
         module.eval().requires_grad_(False)
         return cls(module, micro_batch_size=micro_batch_size)
 
@@ -281,13 +415,30 @@ def _batches(data: torch.Tensor | Iterable[torch.Tensor], batch_size: int,
             return
 
 
-def _random_crops(frames: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """One random ``size``×``size`` window per frame (the whole frame where it is smaller)."""
-    h, w = frames.shape[-2:]
+def _random_crops(frames: torch.Tensor, size: int, generator: torch.Generator,
+                  content_bias: float = 0.0) -> torch.Tensor:
+    """One random ``size``×``size`` window per frame (the whole frame where it is smaller).
+
+    With probability ``content_bias`` a window is centred (as far as the frame allows) on a pixel drawn
+    in proportion to its distance from the frame's median colour, i.e. on content rather than on flat
+    background; otherwise its position is uniform.
+    """
+    n, _, h, w = frames.shape
     ch, cw = min(size, h), min(size, w)
-    tops = torch.randint(h - ch + 1, (frames.shape[0],), generator=generator).tolist()
-    lefts = torch.randint(w - cw + 1, (frames.shape[0],), generator=generator).tolist()
-    return torch.stack([f[:, top : top + ch, left : left + cw] for f, top, left in zip(frames, tops, lefts)])
+    tops = torch.randint(h - ch + 1, (n,), generator=generator)
+    lefts = torch.randint(w - cw + 1, (n,), generator=generator)
+    if content_bias > 0 and (ch < h or cw < w):
+        biased = torch.rand(n, generator=generator) < content_bias
+        if biased.any():
+            chosen = frames[biased].float()
+            background = chosen.flatten(2).median(dim=2).values[..., None, None]
+            weight = (chosen - background).abs().sum(1).flatten(1) + 1e-6  # flat frames: uniform
+            centre = torch.multinomial(weight, 1, generator=generator)[:, 0]
+            cy, cx = centre // w, centre % w
+            tops[biased] = (cy - ch // 2).clamp(0, h - ch)
+            lefts[biased] = (cx - cw // 2).clamp(0, w - cw)
+    return torch.stack([f[:, top : top + ch, left : left + cw]
+                        for f, top, left in zip(frames, tops.tolist(), lefts.tolist())])
 
 
 def fit_autoencoder(
@@ -302,21 +453,29 @@ def fit_autoencoder(
     calibrate_scale: bool = True,
     progress: bool = True,
     crop: int | None = None,
+    crop_content_bias: float = 0.0,
+    cosine_decay: bool = False,
 ) -> list[float]:
-    """Train ``vae``'s AutoencoderKL on video frames; returns the per-step loss history.
+    """Train ``vae``'s autoencoder on video frames; returns the per-step loss history.
 
     ``data``: frames ``[N, 3, H, W]`` or videos ``[B, 3, T, H, W]`` in [-1, 1] (minibatches drawn at
     random), or an iterable of such tensors (consumed in order, restarted when exhausted if it is
     re-iterable, e.g. a list or a DataLoader).  Loss per step: ``L1 + mse_weight·MSE`` between frames
     and reconstructions of a posterior sample, plus ``kl_weight`` × the KL to N(0, I) per latent
-    element (small, as in SD's VAE, so latents stay informative yet bounded).  AdamW, constant ``lr``.
+    element (small, as in SD's VAE, so latents stay informative yet bounded; zero for the deterministic
+    AutoencoderTiny).  AdamW, constant ``lr``.
 
     ``crop``: train on a fresh random ``crop``×``crop`` window of every frame at every step (the network
     is convolutional, so small windows train the same filters several times cheaper; drawing them anew
     each step lets every part of every frame, the small moving subjects included, be seen).
+    ``crop_content_bias``: the fraction of windows centred on content (pixels far from the frame's
+    median colour) instead of placed uniformly; where subjects are small and backgrounds flat, uniform
+    windows spend most of the fit on background.
 
-    With ``calibrate_scale`` the scale factor becomes 1 / std of the posterior means over up to 256
-    training frames, so the diffusion model sees unit-variance latents.  The module is left in eval
+    With ``calibrate_scale`` the latents are normalised per channel by the mean and std of the posterior
+    means over up to 256 training frames, so the diffusion model sees zero-mean, unit-variance
+    channels (a deterministic autoencoder has no prior pulling its latents to zero, and its channels
+    settle at very different offsets and spreads); the scalar shift/scale factors get the global values.  The module is left in eval
     mode with gradients off.
     """
     from tqdm.auto import tqdm
@@ -325,10 +484,14 @@ def fit_autoencoder(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0.0 <= crop_content_bias <= 1.0:
+        raise ValueError(f"crop_content_bias must be in [0, 1], got {crop_content_bias}")
     generator = torch.Generator().manual_seed(seed)
     module = vae.module
     module.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if cosine_decay
+                else None)
     history: list[float] = []
     calibration: list[torch.Tensor] = []
     stream = _batches(data, batch_size, generator)
@@ -344,7 +507,7 @@ def fit_autoencoder(
             if sum(x.shape[0] for x in calibration) < 256:
                 calibration.append(frames.detach()[:64])
             if crop:
-                frames = _random_crops(frames, crop, generator)
+                frames = _random_crops(frames, crop, generator, content_bias=crop_content_bias)
             dist = vae.posterior(frames)
             z = dist.sample(generator=None)
             recon = module.decode(z).sample[..., : frames.shape[-2], : frames.shape[-1]]
@@ -355,6 +518,8 @@ def fit_autoencoder(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             history.append(float(loss.detach()))
             bar.set_postfix(loss=f"{history[-1]:.4f}")
     finally:
@@ -362,7 +527,12 @@ def fit_autoencoder(
     if calibrate_scale:
         with torch.no_grad():
             means = torch.cat([vae.posterior(f).mean.float() for f in calibration])
-        std = float((means - vae.shift_factor).std())
-        if std > 0 and math.isfinite(std):
+        shift, std = float(means.mean()), float(means.std())
+        if std > 0 and math.isfinite(std) and math.isfinite(shift):
+            vae.shift_factor = shift
             vae.scale_factor = 1.0 / std
+        per_channel = means.transpose(0, 1).flatten(1)
+        channel_mean, channel_std = per_channel.mean(1), per_channel.std(1)
+        if torch.isfinite(channel_mean).all() and (channel_std > 0).all():
+            vae.set_latent_stats(channel_mean, channel_std)
     return history

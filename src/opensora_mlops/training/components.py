@@ -11,7 +11,7 @@ VAE_KEYS = ("type", "from_pretrained", "micro_batch_size", "scale_factor", "subf
 
 
 def build_vae(cfg: Mapping[str, Any]) -> Any:
-    """``{"type": "pretrained", "from_pretrained": dir}`` (any local AutoencoderKL, e.g. sd-vae-ft-ema or the
+    """``{"type": "pretrained", "from_pretrained": dir}`` (any local AutoencoderKL/AutoencoderTiny, e.g. sd-vae-ft-ema or the
     one the autoencoder pipeline fitted) or ``{"type": "tiny"}`` (untrained, tests only)."""
     from opensora_mlops.models.vae import VideoAutoencoder
 

@@ -16,10 +16,11 @@ from opensora_mlops.config import ConfigError, check_keys
 logger = logging.getLogger(__name__)
 
 AUTOENCODER_KEYS = ("pretrained", "out_dir", "steps", "lr", "batch_size", "frames_per_clip", "height", "width",
-                    "crop", "max_clips", "seed", "kl_weight", "micro_batch_size", "video_root")
+                    "crop", "crop_content_bias", "cosine_decay", "arch", "max_clips", "seed", "kl_weight",
+                    "micro_batch_size", "video_root")
 
 
-def _frames_for_fitting(clips: pd.DataFrame, params: dict[str, Any]) -> torch.Tensor:
+def frames_for_fitting(clips: pd.DataFrame, params: dict[str, Any]) -> torch.Tensor:
     from opensora_mlops.data.dataset import decode_all_frames, resize_crop, to_model_range
 
     rng = np.random.default_rng(int(params.get("seed", 0)))
@@ -56,12 +57,14 @@ def fit_vae(clips: pd.DataFrame, params: dict[str, Any]) -> tuple[dict[str, Any]
             manifest["micro_batch_size"] = int(params["micro_batch_size"])
         return manifest, {"fitted": 0.0}
     torch.manual_seed(int(params.get("seed", 0)))
-    frames = _frames_for_fitting(clips, params)
-    vae = VideoAutoencoder.tiny(seed=int(params.get("seed", 0)))
+    frames = frames_for_fitting(clips, params)
+    vae = VideoAutoencoder.tiny(seed=int(params.get("seed", 0)), arch=str(params.get("arch", "taesd")))
     history = fit_autoencoder(vae, frames, steps=int(params.get("steps", 200)), lr=float(params.get("lr", 1e-3)),
                               batch_size=int(params.get("batch_size", 8)),
                               kl_weight=float(params.get("kl_weight", 1e-6)), seed=int(params.get("seed", 0)),
-                              crop=int(params["crop"]) if params.get("crop") else None)
+                              crop=int(params["crop"]) if params.get("crop") else None,
+                              crop_content_bias=float(params.get("crop_content_bias", 0.0)),
+                              cosine_decay=bool(params.get("cosine_decay", False)))
     with torch.no_grad():
         sample = frames[: min(16, len(frames))].permute(1, 0, 2, 3)[None]  # [1, 3, T, H, W]
         recon = vae.decode(vae.encode(sample), size=tuple(sample.shape[-2:]))
