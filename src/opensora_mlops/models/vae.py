@@ -97,9 +97,6 @@ class _PointPosterior:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.mean
 
-    def mode(self) -> torch.Tensor:
-        return self.mean
-
     def kl(self) -> torch.Tensor:
         return self.mean.new_zeros(self.mean.shape[0])
 
@@ -185,7 +182,7 @@ class VideoAutoencoder(nn.Module):
     @property
     def deterministic(self) -> bool:
         """True for AutoencoderTiny (one latent per frame, no posterior variance, no KL term)."""
-        return type(self.module).__name__ == "AutoencoderTiny"
+        return isinstance(self.module, _autoencoder_classes()["AutoencoderTiny"])
 
     @property
     def latent_channels(self) -> int:
@@ -463,7 +460,7 @@ def fit_autoencoder(
     re-iterable, e.g. a list or a DataLoader).  Loss per step: ``L1 + mse_weight·MSE`` between frames
     and reconstructions of a posterior sample, plus ``kl_weight`` × the KL to N(0, I) per latent
     element (small, as in SD's VAE, so latents stay informative yet bounded; zero for the deterministic
-    AutoencoderTiny).  AdamW, constant ``lr``.
+    AutoencoderTiny).  AdamW at constant ``lr``, or annealed to 0 over ``steps`` with ``cosine_decay``.
 
     ``crop``: train on a fresh random ``crop``×``crop`` window of every frame at every step (the network
     is convolutional, so small windows train the same filters several times cheaper; drawing them anew
@@ -475,8 +472,8 @@ def fit_autoencoder(
     With ``calibrate_scale`` the latents are normalised per channel by the mean and std of the posterior
     means over up to 256 training frames, so the diffusion model sees zero-mean, unit-variance
     channels (a deterministic autoencoder has no prior pulling its latents to zero, and its channels
-    settle at very different offsets and spreads); the scalar shift/scale factors get the global values.  The module is left in eval
-    mode with gradients off.
+    settle at very different offsets and spreads); the scalar shift/scale factors get the global
+    values.  The module is left in eval mode with gradients off.
     """
     from tqdm.auto import tqdm
 
