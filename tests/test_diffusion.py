@@ -211,7 +211,7 @@ def test_loss_ignores_conditioned_frames_and_feeds_them_at_level_zero():
         return output
 
     losses = FULL.training_losses(model, x0, t, {}, x_mask=x_mask, noise=noise)
-    assert set(losses) == {"loss", "mse", "vb"} and losses["loss"].shape == (2,)
+    assert set(losses) == {"loss", "mse", "vb", "x0_mse"} and losses["loss"].shape == (2,)
     torch.testing.assert_close(losses["loss"], losses["mse"] + losses["vb"])
     assert torch.equal(seen["x_mask"], x_mask) and torch.equal(seen["t"], t)
     expected_noisy = FULL.q_sample(x0, t, noise=noise)

@@ -113,6 +113,40 @@ def test_a_stage_trains_logs_and_writes_final_weights(cache, tmp_path):
     assert [e["event"] for e in _events(run)][-1] == "end"
 
 
+@pytest.mark.parametrize("scheduler", [{"type": "iddpm", "prediction": "v", "num_timesteps": 1000},
+                                       {"type": "rflow", "num_sampling_steps": 30}], ids=["v", "rflow"])
+def test_the_training_scheduler_is_saved_with_the_weights_and_validated_with(cache, tmp_path, scheduler):
+    from opensora_mlops.diffusion import build_scheduler, load_scheduler_config
+
+    events = []
+    run = tmp_path / "run"
+    launch(tiny.train_config(run, cache["train_dir"], max_steps=2, ckpt_every=0, scheduler=scheduler),
+           callback=lambda kind, payload: events.append((kind, payload)), progress=False)
+    expected = build_scheduler(scheduler).to_config()
+    for which in ("model", "ema"):
+        assert load_scheduler_config(run / "final" / which) == expected
+    metrics = [p for k, p in events if k == "metrics"]
+    assert all(m["x0_mse"] > 0 for m in metrics)
+    from opensora_mlops.models.stdit2 import STDiT2
+
+    trained = STDiT2.from_pretrained(run / "final" / "ema")
+    val = validation_loss(trained, LatentCache(cache["val_dir"]), scheduler=scheduler)
+    assert val["val_x0_mse"] > 0 and val["val_loss"] > 0
+    with pytest.raises(ConfigError, match="prediction"):
+        load_train_config(tiny.train_config(run, cache["train_dir"], scheduler={"type": "iddpm", "prediction": "x"}))
+
+
+def test_ema_warm_up_follows_early_training_then_settles_on_the_decay():
+    from opensora_mlops.training.trainer import ema_decay_at
+
+    assert ema_decay_at(0, 0.995, True) == pytest.approx(0.1)
+    assert ema_decay_at(10, 0.995, True) == pytest.approx(11 / 20)
+    assert ema_decay_at(5000, 0.995, True) == 0.995
+    assert ema_decay_at(0, 0.995, False) == 0.995
+    decays = [ema_decay_at(n, 0.995, True) for n in range(3000)]
+    assert all(b >= a for a, b in zip(decays, decays[1:]))
+
+
 def test_resume_after_stop_continues_the_same_trajectory(cache, reference, tmp_path):
     ref_run, straight = reference
     first = launch(tiny.train_config(tmp_path / "b", cache["train_dir"], max_steps=2), progress=False)

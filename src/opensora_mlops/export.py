@@ -5,6 +5,7 @@ Directory layout (what :mod:`opensora_mlops.inference.generate` loads)::
     <out>/model/                 STDiT2.save_pretrained: config.json + model.safetensors
     <out>/vae/                   VideoAutoencoder.save_pretrained (copied when small enough)
     <out>/text_encoder.json      the build_text_encoder config (MiniLM ships in a package; T5 by path)
+    <out>/scheduler.json         the training objective and sampler (opensora_mlops.diffusion.build_scheduler)
     <out>/export.json            manifest: format, model config, file hashes, VAE / text-encoder references,
                                  data summary, evaluation scores, 1.1 compatibility notes
     <out>/README.md              model card
@@ -31,6 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 from opensora_mlops.config import ConfigError, strict_dataclass
+from opensora_mlops.diffusion import SCHEDULER_FILE, build_scheduler, load_scheduler_config, save_scheduler
 from opensora_mlops.resources import load_reference
 
 EXPORT_FORMAT = "opensora-mlops-export/1"
@@ -168,6 +170,15 @@ def _table(rows: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _diffusion_line(scheduler: Mapping[str, Any] | None) -> str:
+    values = dict(scheduler or {"type": "iddpm", "prediction": "epsilon"})
+    if values.get("type", "iddpm") == "rflow":
+        return (f"rectified flow (Open-Sora 1.2 style), logit-normal training times; Euler sampling, "
+                f"CFG {values.get('cfg_scale', 7.0)} (`{SCHEDULER_FILE}`)")
+    return (f"IDDPM, {values.get('num_timesteps', 1000)} steps, {values.get('prediction', 'epsilon')}-prediction, "
+            f"learned variance; sample with 100 respaced steps, CFG {values.get('cfg_scale', 7.0)} (`{SCHEDULER_FILE}`)")
+
+
 def model_card(manifest: Mapping[str, Any]) -> str:
     """The README.md of an export (markdown)."""
     cfg = manifest["model_config"]
@@ -185,7 +196,7 @@ def model_card(manifest: Mapping[str, Any]) -> str:
                 f"{cfg['num_heads']} heads, patch {tuple(cfg['patch_size'])}",
                 "parameters": f"{manifest['num_parameters']:,}",
                 "caption channels / tokens": f"{cfg['caption_channels']} / {cfg['model_max_length']}",
-                "diffusion": "IDDPM, 1000 steps, learned variance; sample with 100 respaced steps, CFG 7.0",
+                "diffusion": _diffusion_line(manifest.get("scheduler")),
                 "weights": f"{MODEL_SUBDIR}/model.safetensors (sha256 {manifest['files'][MODEL_SUBDIR + '/model.safetensors'][:12]}…)",
             }
         ),
@@ -284,6 +295,9 @@ def export_model(
     elif (out / VAE_SUBDIR).exists():
         shutil.rmtree(out / VAE_SUBDIR)
     (out / TEXT_ENCODER_FILE).write_text(json.dumps(text_encoder, indent=2) + "\n")
+    # the objective the weights were trained with; generate/pyfunc sample with it (absent: 1.1's ε IDDPM)
+    scheduler = build_scheduler(load_scheduler_config(weights_dir))
+    save_scheduler(scheduler, out)
 
     model_config = json.loads((out / MODEL_SUBDIR / "config.json").read_text())
     manifest: dict[str, Any] = {
@@ -294,6 +308,7 @@ def export_model(
         "model_config": model_config,
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
         "text_encoder": text_encoder,
+        "scheduler": scheduler.to_config(),
         "vae": {
             "location": VAE_SUBDIR if copy_vae else str(vae_dir.resolve()),
             "copied": bool(copy_vae),

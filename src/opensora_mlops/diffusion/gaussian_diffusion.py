@@ -1,4 +1,11 @@
-"""Gaussian diffusion maths for a learned-range-variance ε-prediction model (IDDPM).
+"""Gaussian diffusion maths for a learned-range-variance model (IDDPM), predicting ε or v.
+
+The network's mean channels are ε (Open-Sora 1.1, its released weights) or v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x_0
+(Salimans & Ho's v-prediction). Both give the same reverse process once converted to x̂_0; what differs is
+what the MSE sees. With ε, an error δ in ε̂ becomes an x̂_0 error of δ·sqrt(1-ᾱ)/sqrt(ᾱ): ×12 at t=700,
+×156 at t=999 of the linear schedule, where the loss barely weighs it, so a small model never learns the
+layout that is decided there (measured, BENCHMARKS.md "Prediction targets"). With v the x̂_0 error is at
+most the v error at every t.
 
 The tables are kept in float64 (the cumulative product of 1000 alphas loses precision in float32)
 and gathered per sample into float32 coefficients shaped to broadcast against a latent batch
@@ -91,10 +98,19 @@ def masked_mean(values: torch.Tensor, frame_mask: torch.Tensor | None = None) ->
     return total / (kept_frames.to(values.dtype) * channels * height * width)
 
 
-class GaussianDiffusion:
-    """Forward process, posterior and learned-range reverse process for one beta schedule."""
+PREDICTIONS = ("epsilon", "v")
 
-    def __init__(self, betas: torch.Tensor):
+
+class GaussianDiffusion:
+    """Forward process, posterior and learned-range reverse process for one beta schedule.
+
+    ``prediction`` names what the network's mean channels hold: ``"epsilon"`` or ``"v"``.
+    """
+
+    def __init__(self, betas: torch.Tensor, prediction: str = "epsilon"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
         if betas.dim() != 1 or betas.numel() == 0:
             raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
@@ -204,6 +220,26 @@ class GaussianDiffusion:
             self.sqrt_recipm1_alphas_cumprod, t, x_t
         )
 
+    def predict_xstart_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x_0 = sqrt(ᾱ_t) x_t - sqrt(1 - ᾱ_t) v."""
+        return (self.gather(self.sqrt_alphas_cumprod, t, x_t) * x_t
+                - self.gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
+
+    def v_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0, the regression target of v-prediction."""
+        return (self.gather(self.sqrt_alphas_cumprod, t, x_start) * noise
+                - self.gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start)
+
+    def predict_xstart(self, mean_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x̂_0 from the network's mean channels (ε or v, per ``prediction``)."""
+        if self.prediction == "v":
+            return self.predict_xstart_from_v(x_t, t, mean_output)
+        return self.predict_xstart_from_eps(x_t, t, mean_output)
+
+    def mean_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the mean channels regress onto: ε itself, or v."""
+        return self.v_target(x_start, t, noise) if self.prediction == "v" else noise
+
     # ------------------------------------------------------------------ reverse process
     def split_model_output(self, model_output: torch.Tensor, x_t: torch.Tensor):
         """Split a learned-sigma output [B, 2C, ...] into (ε [B, C, ...], v [B, C, ...])."""
@@ -217,17 +253,19 @@ class GaussianDiffusion:
         return model_output[:, :channels], model_output[:, channels:]
 
     def p_mean_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> dict:
-        """The reverse step p(x_{t-1} | x_t) implied by a learned-range ε-prediction output.
+        """The reverse step p(x_{t-1} | x_t) implied by a learned-range output (ε or v mean channels).
 
-        v in [-1, 1] interpolates the log-variance between the posterior variance (v = -1) and β_t (v = 1).
+        The variance channels (in [-1, 1]) interpolate the log-variance between the posterior variance
+        (-1) and β_t (+1).
         """
-        eps, var_values = self.split_model_output(model_output.float(), x_t)
+        mean_output, var_values = self.split_model_output(model_output.float(), x_t)
         x_t = x_t.float()
         min_log = self.gather(self.posterior_log_variance_clipped, t, x_t)
         max_log = self.gather(self.log_betas, t, x_t)
         frac = (var_values + 1.0) / 2.0
         log_variance = frac * max_log + (1.0 - frac) * min_log
-        pred_xstart = self.predict_xstart_from_eps(x_t, t, eps)
+        pred_xstart = self.predict_xstart(mean_output, x_t, t)
+        eps = mean_output if self.prediction == "epsilon" else self.predict_eps_from_xstart(x_t, t, pred_xstart)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
         return {
             "mean": mean,
@@ -269,17 +307,23 @@ class GaussianDiffusion:
         noise: torch.Tensor,
         frame_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """IDDPM hybrid loss: ε-MSE + VB, the VB term seeing the mean through a stop-gradient.
+        """IDDPM hybrid loss: MSE of the mean channels (ε or v) + VB, the VB term seeing the mean
+        through a stop-gradient. ``x0_mse`` (no gradient) is the error of the implied x̂_0, the number
+        that says whether the model could produce the clip (an ε loss can look healthy while it does not).
 
         The VB term is scaled by ``num_timesteps / 1000`` (improved diffusion's rescaling, 1 for 1000
         steps) so that it does not swamp the MSE term.
         """
-        eps, var_values = self.split_model_output(model_output, x_t)
+        mean_output, var_values = self.split_model_output(model_output, x_t)
         # Learn the variance through the bound without letting the bound move the mean prediction.
-        frozen = torch.cat([eps.detach(), var_values], dim=1)
+        frozen = torch.cat([mean_output.detach(), var_values], dim=1)
         vb = self.vb_terms_bits(frozen, x_start, x_t, t, frame_mask) * (self.num_timesteps / 1000.0)
-        mse = masked_mean((noise.float() - eps.float()).pow(2), frame_mask)
-        return {"loss": mse + vb, "mse": mse, "vb": vb}
+        target = self.mean_target(x_start.float(), t, noise.float())
+        mse = masked_mean((target - mean_output.float()).pow(2), frame_mask)
+        with torch.no_grad():
+            x0 = self.predict_xstart(mean_output.detach().float(), x_t.float(), t)
+            x0_mse = masked_mean((x0 - x_start.float()).pow(2), frame_mask)
+        return {"loss": mse + vb, "mse": mse, "vb": vb, "x0_mse": x0_mse}
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

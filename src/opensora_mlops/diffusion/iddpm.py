@@ -1,4 +1,5 @@
-"""IDDPM as Open-Sora 1.1 trains and samples ST-DiT-2: ε-prediction with learned-range variance.
+"""IDDPM as Open-Sora 1.1 trains and samples ST-DiT-2: ε-prediction with learned-range variance
+(``prediction="v"``: the same chain with v-prediction, the embedded default's choice).
 
 Training (:meth:`IDDPM.training_losses`): noise frames at a random level ``t``; conditioned frames
 (``x_mask`` False) are diffused to level 0 only (nearly clean, the same noise draw); the hybrid
@@ -37,7 +38,12 @@ import torch
 from tqdm.auto import tqdm
 
 from opensora_mlops.config import ConfigError, check_keys
-from opensora_mlops.diffusion.gaussian_diffusion import GaussianDiffusion, linear_beta_schedule, randn_like
+from opensora_mlops.diffusion.gaussian_diffusion import (
+    PREDICTIONS,
+    GaussianDiffusion,
+    linear_beta_schedule,
+    randn_like,
+)
 from opensora_mlops.diffusion.respace import respaced_betas, space_timesteps
 
 ModelFn = Callable[..., torch.Tensor]
@@ -55,9 +61,11 @@ class IDDPM:
             original timestep index.
         cfg_scale: classifier-free guidance scale (1.0 = the conditional model alone).
         cfg_channel: guidance acts on ε channels ``[0, cfg_channel)``; None = all ε channels.
+        prediction: what the network's mean channels predict: ``"epsilon"`` (Open-Sora 1.1) or ``"v"``.
     """
 
-    config_keys = ("num_timesteps", "timestep_respacing", "cfg_scale", "cfg_channel")
+    type_name = "iddpm"
+    config_keys = ("num_timesteps", "timestep_respacing", "cfg_scale", "cfg_channel", "prediction")
 
     def __init__(
         self,
@@ -65,7 +73,10 @@ class IDDPM:
         timestep_respacing: str | int | Sequence[int] | None = None,
         cfg_scale: float = 7.0,
         cfg_channel: int | None = 3,
+        prediction: str = "epsilon",
     ):
+        if prediction not in PREDICTIONS:
+            raise ConfigError(f"scheduler prediction must be one of {list(PREDICTIONS)}, got {prediction!r}")
         if not isinstance(num_timesteps, int) or isinstance(num_timesteps, bool) or num_timesteps < 2:
             raise ConfigError(f"num_timesteps must be an int >= 2, got {num_timesteps!r}")
         if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, int | float) or not math.isfinite(cfg_scale):
@@ -78,14 +89,16 @@ class IDDPM:
         self.timestep_respacing = timestep_respacing
         self.cfg_scale = float(cfg_scale)
         self.cfg_channel = cfg_channel
+        self.prediction = prediction
 
-        self.base = GaussianDiffusion(linear_beta_schedule(num_timesteps))
+        self.base = GaussianDiffusion(linear_beta_schedule(num_timesteps), prediction=prediction)
         self.timestep_map = torch.tensor(space_timesteps(num_timesteps, timestep_respacing), dtype=torch.long)
         if self.timestep_map.numel() < 2:
             raise ConfigError(
                 f"timestep_respacing {timestep_respacing!r} keeps {self.timestep_map.numel()} step; need at least 2"
             )
-        self.diffusion = GaussianDiffusion(respaced_betas(self.base.alphas_cumprod, self.timestep_map.tolist()))
+        self.diffusion = GaussianDiffusion(respaced_betas(self.base.alphas_cumprod, self.timestep_map.tolist()),
+                                           prediction=prediction)
         self._timestep_maps: dict[str, torch.Tensor] = {"cpu": self.timestep_map}
 
     @classmethod
@@ -93,15 +106,38 @@ class IDDPM:
         """Build from a config dict; unknown keys are a ConfigError (a ``type`` key must say iddpm)."""
         values = dict(config or {})
         kind = values.pop("type", "iddpm")
-        if kind != "iddpm":
-            raise ConfigError(f"scheduler type must be 'iddpm', got {kind!r}")
+        if kind != cls.type_name:
+            raise ConfigError(f"scheduler type must be {cls.type_name!r}, got {kind!r}")
         check_keys(values, cls.config_keys, "scheduler config")
         return cls(**values)
+
+    def to_config(self) -> dict[str, Any]:
+        """The JSON-able config that :func:`opensora_mlops.diffusion.build_scheduler` rebuilds this from."""
+        respacing = self.timestep_respacing
+        if respacing is not None and not isinstance(respacing, str | int):
+            respacing = list(respacing)
+        return {"type": self.type_name, "num_timesteps": self.num_timesteps, "timestep_respacing": respacing,
+                "cfg_scale": self.cfg_scale, "cfg_channel": self.cfg_channel, "prediction": self.prediction}
+
+    def with_sampling(self, steps: int | None = None, cfg_scale: float | None = None) -> IDDPM:
+        """The same model parameterisation sampled with ``steps`` respaced steps and/or another guidance."""
+        config = self.to_config()
+        config.pop("type")
+        if steps is not None:
+            config["timestep_respacing"] = str(int(steps))
+        if cfg_scale is not None:
+            config["cfg_scale"] = float(cfg_scale)
+        return IDDPM(**config)
+
+    def predict_xstart(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x̂_0 implied by a network output at respaced index ``t`` (diagnostics, oracle checks)."""
+        mean_output, _ = self.diffusion.split_model_output(model_output.float(), x_t)
+        return self.diffusion.predict_xstart(mean_output, x_t.float(), t)
 
     def __repr__(self) -> str:
         return (
             f"IDDPM(num_timesteps={self.num_timesteps}, steps={self.num_sampling_steps}, "
-            f"cfg_scale={self.cfg_scale}, cfg_channel={self.cfg_channel})"
+            f"cfg_scale={self.cfg_scale}, cfg_channel={self.cfg_channel}, prediction={self.prediction!r})"
         )
 
     # ------------------------------------------------------------------ schedule access
@@ -186,60 +222,14 @@ class IDDPM:
         model_kwargs: Mapping[str, Any] | None = None,
         x_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One classifier-free-guided network evaluation, [B, 2C, ...].
-
-        The network sees the doubled batch ``[x; x]`` with captions ``[y; y_null]`` (the caption mask
-        is repeated for the null half, as in 1.1). ε channels below ``cfg_channel`` become
-        ``uncond + cfg_scale * (cond - uncond)``; all other channels are the conditional half's.
-        """
-        batch = x.shape[0]
-        if y.shape[0] != batch:
-            raise ValueError(f"y has batch {y.shape[0]} but x has batch {batch}")
-        if y_null.shape[0] != batch:
-            raise ValueError(f"y_null has batch {y_null.shape[0]} but x has batch {batch}")
-        if y_null.shape != y.shape:
-            if y_null.numel() != y.numel():
-                raise ValueError(f"y_null shape {tuple(y_null.shape)} does not match y {tuple(y.shape)}")
-            y_null = y_null.reshape(y.shape)
-        kwargs = {}
-        for key, value in (model_kwargs or {}).items():
-            if key in _RESERVED_KWARGS:
-                raise ValueError(f"model_kwargs must not contain {key!r}: it is an explicit argument of sample()")
-            # Per-sample tensors (micro-conditions) are doubled along with the batch.
-            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == batch:
-                value = torch.cat([value, value], dim=0)
-            kwargs[key] = value
-        doubled_mask = None if y_mask is None else torch.cat([y_mask, y_mask], dim=0)
-        doubled_x_mask = None if x_mask is None else torch.cat([x_mask, x_mask], dim=0)
-        out = model(
-            torch.cat([x, x], dim=0),
-            torch.cat([t_model, t_model], dim=0),
-            y=torch.cat([y, y_null.to(y.dtype)], dim=0),
-            mask=doubled_mask,
-            x_mask=doubled_x_mask,
-            **kwargs,
-        )
-        if not isinstance(out, torch.Tensor) or out.shape[0] != 2 * batch:
-            raise ValueError(f"the model returned {getattr(out, 'shape', type(out))} for a doubled batch of {batch}")
-        cond, uncond = out[:batch], out[batch:]
-        channels = out.shape[1] // 2
-        guided = channels if self.cfg_channel is None else self.cfg_channel
-        if guided > channels:
-            raise ConfigError(f"cfg_channel={self.cfg_channel} exceeds the model's {channels} ε channels")
-        eps_guided = uncond[:, :guided] + self.cfg_scale * (cond[:, :guided] - uncond[:, :guided])
-        return torch.cat([eps_guided, cond[:, guided:]], dim=1)
+        """One classifier-free-guided network evaluation, [B, 2C, ...] (see :func:`guided_output`)."""
+        return guided_output(model, x, t_model, y, y_mask, y_null, self.cfg_scale, self.cfg_channel,
+                             model_kwargs, x_mask)
 
     # ------------------------------------------------------------------ sampling
     def frame_start_steps(self, frame_mask: torch.Tensor) -> torch.Tensor:
-        """Per frame, the highest step index at which the frame is denoised (see module docstring).
-
-        1 -> ``S`` (all steps, from the initial noise), 0 -> -1 (never), r -> floor(r * S).
-        """
-        steps = self.num_sampling_steps
-        # The epsilon guards float error such as 0.29 * 100 = 28.999999999999996.
-        start = torch.floor(frame_mask.double() * steps + 1e-6).long()
-        start = torch.where(frame_mask >= 1.0, torch.full_like(start, steps), start)
-        return torch.where(frame_mask <= 0.0, torch.full_like(start, -1), start)
+        """Per frame, the highest step index at which the frame is denoised (see module docstring)."""
+        return frame_start_steps(frame_mask, self.num_sampling_steps)
 
     @torch.no_grad()
     def sample(
@@ -303,6 +293,74 @@ class IDDPM:
             x_prev = x_prev.to(noise.dtype)
             x = x_prev if start is None else torch.where(model_x_mask.view(frames_view), x_prev, x_cond)
         return x
+
+
+def guided_output(
+    model: ModelFn,
+    x: torch.Tensor,
+    t_model: torch.Tensor,
+    y: torch.Tensor,
+    y_mask: torch.Tensor | None,
+    y_null: torch.Tensor,
+    cfg_scale: float,
+    cfg_channel: int | None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    x_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One classifier-free-guided network evaluation, [B, 2C, ...].
+
+    The network sees the doubled batch ``[x; x]`` with captions ``[y; y_null]`` (the caption mask
+    is repeated for the null half, as in 1.1). Mean channels below ``cfg_channel`` become
+    ``uncond + cfg_scale * (cond - uncond)``; all other channels are the conditional half's. Guidance
+    is linear in the output, so it means the same for ε, v and flow-velocity outputs.
+    """
+    batch = x.shape[0]
+    if y.shape[0] != batch:
+        raise ValueError(f"y has batch {y.shape[0]} but x has batch {batch}")
+    if y_null.shape[0] != batch:
+        raise ValueError(f"y_null has batch {y_null.shape[0]} but x has batch {batch}")
+    if y_null.shape != y.shape:
+        if y_null.numel() != y.numel():
+            raise ValueError(f"y_null shape {tuple(y_null.shape)} does not match y {tuple(y.shape)}")
+        y_null = y_null.reshape(y.shape)
+    kwargs = {}
+    for key, value in (model_kwargs or {}).items():
+        if key in _RESERVED_KWARGS:
+            raise ValueError(f"model_kwargs must not contain {key!r}: it is an explicit argument of sample()")
+        # Per-sample tensors (micro-conditions) are doubled along with the batch.
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == batch:
+            value = torch.cat([value, value], dim=0)
+        kwargs[key] = value
+    doubled_mask = None if y_mask is None else torch.cat([y_mask, y_mask], dim=0)
+    doubled_x_mask = None if x_mask is None else torch.cat([x_mask, x_mask], dim=0)
+    out = model(
+        torch.cat([x, x], dim=0),
+        torch.cat([t_model, t_model], dim=0),
+        y=torch.cat([y, y_null.to(y.dtype)], dim=0),
+        mask=doubled_mask,
+        x_mask=doubled_x_mask,
+        **kwargs,
+    )
+    if not isinstance(out, torch.Tensor) or out.shape[0] != 2 * batch:
+        raise ValueError(f"the model returned {getattr(out, 'shape', type(out))} for a doubled batch of {batch}")
+    cond, uncond = out[:batch], out[batch:]
+    channels = out.shape[1] // 2
+    guided = channels if cfg_channel is None else cfg_channel
+    if guided > channels:
+        raise ConfigError(f"cfg_channel={cfg_channel} exceeds the model's {channels} mean channels")
+    mean_guided = uncond[:, :guided] + cfg_scale * (cond[:, :guided] - uncond[:, :guided])
+    return torch.cat([mean_guided, cond[:, guided:]], dim=1)
+
+
+def frame_start_steps(frame_mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """Per frame, the highest step index (of ``steps``, counted down to 0) at which it is denoised.
+
+    1 -> ``steps`` (all steps, from the initial noise), 0 -> -1 (never), r -> floor(r * steps).
+    """
+    # The epsilon guards float error such as 0.29 * 100 = 28.999999999999996.
+    start = torch.floor(frame_mask.double() * steps + 1e-6).long()
+    start = torch.where(frame_mask >= 1.0, torch.full_like(start, steps), start)
+    return torch.where(frame_mask <= 0.0, torch.full_like(start, -1), start)
 
 
 def _check_bool_frame_mask(x_mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -121,6 +121,18 @@ def suite_entries(config: EvaluationConfig) -> list[SuiteEntry]:
     return load_prompt_suite(config.suite_path)[: config.max_prompts]
 
 
+def generation_for_model(config: EvaluationConfig, train_conditions: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The generation settings with every null value (e.g. ``fps``) filled from what the model trained on."""
+    gen = config.generation_settings()
+    for key, value in list(gen.items()):
+        if value is None:
+            if not train_conditions or train_conditions.get(key) is None:
+                raise ConfigError(f"evaluation.generation.{key} is null (use the training value) but the stage "
+                                  f"manifest records no training {key}; set it explicitly")
+            gen[key] = train_conditions[key]
+    return gen
+
+
 def generate_group(
     group: str,
     model: torch.nn.Module,
@@ -128,12 +140,20 @@ def generate_group(
     encoder: Any,
     entries: Sequence[SuiteEntry],
     config: EvaluationConfig,
+    scheduler: Mapping[str, Any] | None = None,
+    train_conditions: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate ``samples_per_prompt`` videos per suite entry; MP4 + GIF + JSON sidecar under
-    ``output_dir/<group>``. Returns one record per video: group, prompt, dimensions, files."""
+    ``output_dir/<group>``. Returns one record per video: group, prompt, dimensions, files.
+
+    ``scheduler`` is the config the model was trained with (its ``scheduler.json``; default 1.1's ε
+    IDDPM), sampled with the evaluation's steps and guidance. Generation settings left null (``fps``)
+    take the value the model trained on (``train_conditions``, from the stage manifest)."""
+    from opensora_mlops.diffusion import build_scheduler
     from opensora_mlops.inference.generate import generate, save_generation
 
-    gen = config.generation_settings()
+    gen = generation_for_model(config, train_conditions)
+    sampler = build_scheduler(scheduler, steps=int(gen["steps"]), cfg_scale=float(gen["cfg_scale"]))
     prompts = [e.prompt for e in entries for _ in range(config.samples_per_prompt)]
     dims = [list(e.dimensions) for e in entries for _ in range(config.samples_per_prompt)]
     batch = int(gen["batch_size"])
@@ -150,8 +170,7 @@ def generate_group(
             height=int(gen["height"]),
             width=int(gen["width"]),
             fps=float(gen["fps"]),
-            steps=int(gen["steps"]),
-            cfg_scale=float(gen["cfg_scale"]),
+            scheduler=sampler,
             seed=int(gen["seed"]) + start,
             progress=False,
             extra_settings={"evaluation_group": group},
@@ -255,17 +274,18 @@ def validation_loss_table(
     models: Mapping[str, torch.nn.Module],
     cache_dir: str | Path,
     config: EvaluationConfig,
-    num_timesteps: int = 1000,
+    scheduler: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Loss by timestep range for each model on the same cached clips (one clip per batch, so clips of
-    different buckets mix), with the same noise per clip for every model."""
-    from opensora_mlops.diffusion import IDDPM
+    """Loss (the training objective's, and the x̂_0 error) by timestep range for each model on the same
+    cached clips (one clip per batch, so clips of different buckets mix), with the same noise per clip
+    for every model. ``scheduler`` is the training scheduler's config (default 1.1's ε IDDPM)."""
+    from opensora_mlops.diffusion import build_scheduler
     from opensora_mlops.training.latents import LatentCache
 
     v = {**EvaluationConfig().validation, **config.validation}
     cache = LatentCache(cache_dir)
-    ranges = timestep_ranges(num_timesteps, int(v["num_ranges"]))
-    diffusion = IDDPM(num_timesteps=num_timesteps)
+    diffusion = build_scheduler(scheduler)
+    ranges = timestep_ranges(diffusion.num_timesteps, int(v["num_ranges"]))
     rows = []
     count = min(len(cache), int(v["max_clips"]))
     for index in tqdm(range(count), desc="validation loss", disable=not config.progress):

@@ -2,7 +2,7 @@
 
 The diffusion loss averaged over random timesteps hides where a model is weak: low-noise steps (fine
 detail) and high-noise steps (layout, motion) behave very differently. Here the IDDPM hybrid loss is
-evaluated at fixed timesteps inside each range (e.g. [0, 250), [250, 500), …) with one fixed noise
+(or the configured objective's loss, beside the x̂_0 error) evaluated at fixed timesteps inside each range (e.g. [0, 250), [250, 500), …) with one fixed noise
 draw, so two checkpoints (or the trained and the untrained model) are compared on exactly the same
 inputs.
 """
@@ -60,7 +60,8 @@ def loss_by_timestep(
             sub-intervals.
         seed: seeds the single noise draw shared by every timestep.
 
-    Returns columns ``range_start, range_end, timestep, loss, mse, vb`` (batch means).
+    Returns columns ``range_start, range_end, timestep, loss, mse, vb, x0_mse`` (batch means; ``vb`` is 0
+    for objectives without a variational-bound term, e.g. rectified flow).
     """
     num_timesteps = int(diffusion.num_timesteps)
     ranges = timestep_ranges(num_timesteps) if ranges is None else _check_ranges(ranges, num_timesteps)
@@ -85,19 +86,26 @@ def loss_by_timestep(
                         "timestep": step,
                         "loss": float(terms["loss"].mean()),
                         "mse": float(terms["mse"].mean()),
-                        "vb": float(terms["vb"].mean()),
+                        "vb": float(terms["vb"].mean()) if "vb" in terms else 0.0,
+                        "x0_mse": float(terms["x0_mse"].mean()),
                     }
                 )
     finally:
         model.train(was_training)
-    return pd.DataFrame(rows, columns=["range_start", "range_end", "timestep", "loss", "mse", "vb"])
+    return pd.DataFrame(rows, columns=["range_start", "range_end", "timestep", "loss", "mse", "vb", "x0_mse"])
 
 
 def summarise_by_range(table: pd.DataFrame) -> dict[str, float]:
-    """Mean loss per range as ``{"val_loss_t000_250": …, …, "val_loss": overall mean}``."""
+    """Mean loss (and x̂_0 MSE when measured) per range: ``{"val_loss_t000_250": …, "val_x0_mse_t000_250": …,
+    …, "val_loss": overall mean, "val_x0_mse": overall mean}``."""
     out: dict[str, float] = {}
+    has_x0 = "x0_mse" in table.columns
     for (start, end), rows in table.groupby(["range_start", "range_end"], sort=True):
         out[f"val_loss_t{int(start):03d}_{int(end):03d}"] = float(rows["loss"].mean())
+        if has_x0:
+            out[f"val_x0_mse_t{int(start):03d}_{int(end):03d}"] = float(rows["x0_mse"].mean())
     if len(table):
         out["val_loss"] = float(table["loss"].mean())
+        if has_x0:
+            out["val_x0_mse"] = float(table["x0_mse"].mean())
     return out

@@ -28,7 +28,8 @@ model directory::
     <model-dir>/vae/               VideoAutoencoder.save_pretrained (an AutoencoderKL or AutoencoderTiny directory)
     <model-dir>/text_encoder.json  build_text_encoder config, e.g. {"type": "minilm", "max_length": 32};
                                    a relative "from_pretrained" is resolved against <model-dir>
-    <model-dir>/scheduler.json     optional IDDPM config, e.g. {"num_timesteps": 1000, "cfg_scale": 7.0}
+    <model-dir>/scheduler.json     the training scheduler (opensora_mlops.diffusion.build_scheduler config,
+                                   e.g. {"type": "iddpm", "prediction": "v"}); absent: 1.1's ε IDDPM
 
 or from separate ``--model``/``--vae``/``--text-encoder`` paths (which also override the directory's),
 or from a released Open-Sora 1.1 checkpoint (``--checkpoint`` with ``--model-name STDiT2-XL/2``).
@@ -104,14 +105,13 @@ def check_components(model: Any, vae: Any, text_encoder: Any) -> None:
 
 
 def _scheduler(scheduler: Any, steps: int | None, cfg_scale: float | None) -> Any:
-    from opensora_mlops.diffusion import IDDPM
+    from opensora_mlops.diffusion import build_scheduler
 
     if scheduler is None:
         steps = DEFAULT_STEPS if steps is None else steps
         if not isinstance(steps, int) or steps < 2:
             raise GenerationError(f"steps must be an integer >= 2, got {steps!r}")
-        return IDDPM(num_timesteps=1000, timestep_respacing=str(steps),
-                     cfg_scale=DEFAULT_CFG_SCALE if cfg_scale is None else float(cfg_scale))
+        return build_scheduler(None, steps=steps, cfg_scale=DEFAULT_CFG_SCALE if cfg_scale is None else float(cfg_scale))
     if steps is not None and steps != scheduler.num_sampling_steps:
         raise GenerationError(f"steps={steps} disagrees with the scheduler's {scheduler.num_sampling_steps} steps; "
                               "give steps or a scheduler, not both")
@@ -156,7 +156,8 @@ def generate(
     Args:
         model, vae, text_encoder: an STDiT2, a :class:`~opensora_mlops.models.vae.VideoAutoencoder` and a
             text encoder (``encode``/``output_dim``/``model_max_length``) that fit together.
-        scheduler: an :class:`~opensora_mlops.diffusion.IDDPM`; default IDDPM with ``steps`` respaced
+        scheduler: a scheduler of :func:`~opensora_mlops.diffusion.build_scheduler` (the one the model
+            was trained with); default 1.1's ε IDDPM with ``steps`` respaced
             steps (100) and ``cfg_scale`` (7.0).
         prompts: one string or a list; a prompt may be a per-loop prompt ``"|0|text A|2|text B"``.
         num_frames: frames per loop (1 = an image).
@@ -236,6 +237,7 @@ def generate(
             "num_timesteps": int(scheduler.num_timesteps),
             "cfg_scale": float(scheduler.cfg_scale),
             "cfg_channel": scheduler.cfg_channel,
+            "scheduler": scheduler.to_config(),
             "height": size.height,
             "width": size.width,
             "resolution": size.resolution,
@@ -369,14 +371,15 @@ def load_components(
     """Load ``(model, vae, text_encoder, scheduler, settings)`` from an exported model directory
     (layout in the module docstring) and/or explicit paths, which take precedence.
 
-    The scheduler is IDDPM from ``<model-dir>/scheduler.json`` when present, with ``steps`` and
-    ``cfg_scale`` overriding it (defaults 100 steps, guidance 7.0).
+    The scheduler is the one the weights were trained with: ``<model-dir>/scheduler.json``, else the
+    ``scheduler.json`` beside the weights, else Open-Sora 1.1's ε IDDPM (released checkpoints); it
+    samples with ``steps`` and ``cfg_scale`` (defaults 100 steps, guidance 7.0).
 
     ``text_encoder`` is a config dict, a JSON string or a path to a JSON file. ``checkpoint`` loads a
     released Open-Sora 1.1 checkpoint into ``build_model(model_name)``; ``legacy`` sets the flags the
     released weights need (``qk_norm_legacy``, ``final_layer_legacy``).
     """
-    from opensora_mlops.diffusion import IDDPM
+    from opensora_mlops.diffusion import build_scheduler, load_scheduler_config
     from opensora_mlops.models.stdit2 import STDiT2, build_model, load_opensora_checkpoint
     from opensora_mlops.models.text_encoder import build_text_encoder
     from opensora_mlops.models.vae import VideoAutoencoder
@@ -430,16 +433,16 @@ def load_components(
     vae = VideoAutoencoder.from_pretrained(vae_dir, micro_batch_size=vae_micro_batch_size, device=device,
                                            dtype=torch_dtype)
     encoder = build_text_encoder({**te_cfg, "device": device} if "device" not in te_cfg else te_cfg)
-    scheduler_cfg: dict[str, Any] = {}
-    if root is not None and (root / "scheduler.json").is_file():
-        scheduler_cfg = _read_json(root / "scheduler.json", "scheduler config")
-    if steps is not None:
-        scheduler_cfg["timestep_respacing"] = str(steps)
-    if cfg_scale is not None:
-        scheduler_cfg["cfg_scale"] = float(cfg_scale)
-    scheduler_cfg.setdefault("timestep_respacing", str(DEFAULT_STEPS))
-    scheduler_cfg.setdefault("cfg_scale", DEFAULT_CFG_SCALE)
-    scheduler = IDDPM.from_config(scheduler_cfg)
+    # the parameterisation the weights were trained with (<model-dir>/scheduler.json, else the one saved
+    # beside the weights, else 1.1's ε IDDPM), sampled with the requested steps and guidance
+    scheduler_cfg = None
+    for where in ([root] if root is not None else []) + ([Path(model_source)] if checkpoint is None else []):
+        scheduler_cfg = load_scheduler_config(where)
+        if scheduler_cfg is not None:
+            break
+    if cfg_scale is None:
+        cfg_scale = (scheduler_cfg or {}).get("cfg_scale", DEFAULT_CFG_SCALE)
+    scheduler = build_scheduler(scheduler_cfg, steps=DEFAULT_STEPS if steps is None else steps, cfg_scale=cfg_scale)
     settings = {"model": model_source, "vae": str(vae_dir), "text_encoder": te_cfg, "device": device,
                 "dtype": dtype, "model_dir": str(root) if root is not None else None, "legacy": legacy}
     return model, vae, encoder, scheduler, settings

@@ -108,7 +108,8 @@ def build_sample_fn(cfg: TrainConfig) -> Any:
     for key in ("vae", "text_encoder"):
         if not cfg.data.get(key):
             raise ConfigError(f"{cfg.stage}: sample_every > 0 needs data.{key} to decode sample videos")
-    return GifSampler(Path(cfg.run_dir) / "samples", cfg.data["vae"], cfg.data["text_encoder"], cfg.sample)
+    return GifSampler(Path(cfg.run_dir) / "samples", cfg.data["vae"], cfg.data["text_encoder"], cfg.sample,
+                      scheduler=cfg.scheduler)
 
 
 def run_in_process(cfg: TrainConfig, callback: EventCallback | None = None, progress: bool = True) -> TrainResult:

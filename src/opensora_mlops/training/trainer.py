@@ -1,4 +1,5 @@
-"""The training loop of one stage: Booster, IDDPM loss, masks, EMA, clipping, checkpoints, resume.
+"""The training loop of one stage: Booster, diffusion loss (the configured scheduler), masks, EMA, clipping,
+checkpoints, resume.
 
 No orchestration here: metrics and events go to a callback that the caller (a Kedro node, a test, the
 command line) supplies; every event is also appended to ``<run_dir>/events.jsonl`` so a parent process
@@ -65,9 +66,10 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     ema_decay: float | None = 0.9999
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) at update n: early weights fade fast
     grad_checkpoint: bool = False
     mask_ratios: dict[str, float] | None = None
-    num_timesteps: int = 1000
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "iddpm", "prediction": "epsilon"})
     seed: int = 42
     ckpt_every: int = 0
     keep_last: int = 2
@@ -97,6 +99,9 @@ class TrainConfig:
             raise ConfigError(f"{self.stage}.lr must be > 0, got {self.lr}")
         if self.ema_decay is not None and not 0.0 <= float(self.ema_decay) <= 1.0:
             raise ConfigError(f"{self.stage}.ema_decay must be in [0, 1] or null, got {self.ema_decay}")
+        from opensora_mlops.diffusion import build_scheduler
+
+        build_scheduler(self.scheduler)  # an unknown type or key is an error here, before any work
         if self.init_from is not None and not Path(self.init_from).exists():
             raise ConfigError(f"{self.stage}.init_from: no checkpoint at {self.init_from}")
 
@@ -171,6 +176,18 @@ def resolve_init_dir(path: str | Path) -> Path:
     raise ConfigError(f"no weights (*.safetensors) found under {path}")
 
 
+def ema_decay_at(update: int, decay: float, warmup: bool) -> float:
+    """The EMA decay for the ``update``-th update (0-based): with warm-up, min(decay, (1 + n) / (10 + n)).
+
+    A fixed 0.999 would keep the random initial weights in the average for thousands of steps; a short
+    run would then export mostly its initialisation. The warm-up lets the average follow early training
+    and then settle on ``decay`` (0.999 averages about the last 1000 steps).
+    """
+    if not warmup:
+        return decay
+    return min(decay, (1.0 + update) / (10.0 + update))
+
+
 def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return base_lr
@@ -237,7 +254,7 @@ def train_stage(
     and the micro-conditions, and has ``state_dict``/``load_state_dict`` (sampler position).
     ``sample_fn(ema_model, step)`` may write a sample (e.g. a GIF) and return its path.
     """
-    from opensora_mlops.diffusion import IDDPM
+    from opensora_mlops.diffusion import build_scheduler, save_scheduler
     from opensora_mlops.training.mask_generator import MaskGenerator
 
     cfg.validate()
@@ -270,7 +287,7 @@ def train_stage(
         base = unwrap_module(model)
         patch = tuple(getattr(getattr(base, "config", None), "patch_size", (1, 2, 2)))
 
-        diffusion = IDDPM(num_timesteps=cfg.num_timesteps)
+        diffusion = build_scheduler(cfg.scheduler)
         masks = MaskGenerator(cfg.mask_ratios) if cfg.mask_ratios else None
 
         step = 0
@@ -342,7 +359,7 @@ def train_stage(
             optimizer.step()
             optimizer.zero_grad()
             if ema is not None:
-                ema.update(model)
+                ema.update(model, decay=ema_decay_at(step, float(cfg.ema_decay), cfg.ema_warmup))
             step += 1
             loss_value = loss.detach()
             if ctx.world_size > 1:
@@ -359,6 +376,7 @@ def train_stage(
                     "step": step,
                     "loss": last_loss,
                     "mse": float(losses["mse"].detach().float().mean()),
+                    "x0_mse": float(losses["x0_mse"].detach().float().mean()),
                     "grad_norm": grad_norm,
                     "lr": lr,
                     "samples_per_s": global_batch / dt,
@@ -399,8 +417,10 @@ def train_stage(
             if tmp.exists():
                 shutil.rmtree(tmp)
             save_weights(model, tmp / "model")
+            save_scheduler(diffusion, tmp / "model")
             if ema is not None:
                 save_weights(ema.shadow, tmp / "ema")
+                save_scheduler(diffusion, tmp / "ema")
             (tmp / "train_state.json").write_text(json.dumps(
                 {"stage": cfg.stage, "steps": step, "samples_seen": samples_seen, "last_loss": last_loss,
                  "resumed_from": resumed_from, "checkpoint": str(path), "fingerprint": fingerprint,

@@ -2,13 +2,14 @@
 
 Validation loss uses fixed timesteps and fixed noise per held-out clip, so two models (or the same
 model before and after a stage) are compared on exactly the same draws: a falling number is
-learning, not luck.
+learning, not luck. Beside the objective's own loss it reports the x̂_0 error: an ε loss can look
+healthy while the clean clip the model implies is worse than predicting zero.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +27,27 @@ def validation_loss(
     cache: LatentCache,
     timesteps: Sequence[int] = DEFAULT_VAL_TIMESTEPS,
     seed: int = 0,
-    num_timesteps: int = 1000,
+    scheduler: Mapping[str, Any] | None = None,
     batch_size: int = 8,
 ) -> dict[str, float]:
-    """Mean hybrid loss and ε-MSE over every held-out clip × every fixed timestep."""
-    from opensora_mlops.diffusion import IDDPM
+    """Mean loss, mean-channel MSE and x̂_0 MSE over every held-out clip × every fixed timestep.
+
+    ``scheduler`` is the training scheduler's config (default: 1.1's ε IDDPM); timesteps are on the
+    model's 0..T scale for every scheduler type.
+    """
+    from opensora_mlops.diffusion import build_scheduler
 
     if len(cache) == 0:
         raise ValueError(f"validation cache {cache.directory} is empty")
+    diffusion = build_scheduler(scheduler)
+    num_timesteps = diffusion.num_timesteps
     bad = [t for t in timesteps if not 0 <= int(t) < num_timesteps]
     if bad:
         raise ValueError(f"validation timesteps must be in [0, {num_timesteps}), got {bad}")
-    diffusion = IDDPM(num_timesteps=num_timesteps)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    totals = {"loss": 0.0, "mse": 0.0}
+    totals = {"loss": 0.0, "mse": 0.0, "x0_mse": 0.0}
     count = 0
     try:
         for _bucket, rows in cache.index.groupby("bucket_id", sort=True).indices.items():
@@ -61,10 +67,12 @@ def validation_loss(
                     out = diffusion.training_losses(model, x, t, kwargs, noise=noise)
                     totals["loss"] += float(out["loss"].sum())
                     totals["mse"] += float(out["mse"].sum())
+                    totals["x0_mse"] += float(out["x0_mse"].sum())
                     count += x.shape[0]
     finally:
         model.train(was_training)
-    return {"val_loss": totals["loss"] / count, "val_mse": totals["mse"] / count, "val_count": float(count)}
+    return {"val_loss": totals["loss"] / count, "val_mse": totals["mse"] / count,
+            "val_x0_mse": totals["x0_mse"] / count, "val_count": float(count)}
 
 
 def latents_to_frames(video: torch.Tensor) -> np.ndarray:
@@ -86,11 +94,12 @@ def sample_video(
     steps: int = 10,
     cfg_scale: float = 7.0,
     seed: int = 0,
+    scheduler: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
-    """Generate one short clip with the IDDPM sampler + VAE decode: frames (T, H, W, 3) uint8."""
-    from opensora_mlops.diffusion import IDDPM
+    """Generate one short clip with the training scheduler's sampler + VAE decode: frames (T, H, W, 3) uint8."""
+    from opensora_mlops.diffusion import build_scheduler
 
-    diffusion = IDDPM(num_timesteps=1000, timestep_respacing=str(int(steps)), cfg_scale=float(cfg_scale))
+    diffusion = build_scheduler(scheduler, steps=int(steps), cfg_scale=float(cfg_scale))
     was_training = model.training
     model.eval()
     try:
@@ -123,8 +132,9 @@ class GifSampler:
     """
 
     def __init__(self, out_dir: str | Path, vae_cfg: dict[str, Any], text_encoder_cfg: dict[str, Any],
-                 sample_cfg: dict[str, Any]) -> None:
+                 sample_cfg: dict[str, Any], scheduler: Mapping[str, Any] | None = None) -> None:
         self.out_dir = Path(out_dir)
+        self.scheduler = dict(scheduler) if scheduler is not None else None
         self.vae_cfg = dict(vae_cfg)
         self.text_encoder_cfg = dict(text_encoder_cfg)
         self.sample_cfg = dict(sample_cfg)
@@ -149,6 +159,6 @@ class GifSampler:
             model, self._vae, self._text_encoder, s.get("prompt", "a red square moving to the right"),
             int(s.get("num_frames", 4)), int(s.get("height", 144)), int(s.get("width", 256)),
             fps=float(s.get("fps", 24.0)), steps=int(s.get("steps", 10)), cfg_scale=float(s.get("cfg_scale", 7.0)),
-            seed=int(s.get("seed", 0)),
+            seed=int(s.get("seed", 0)), scheduler=self.scheduler,
         )  # fmt: skip
         return write_gif(self.out_dir / f"step_{step:08d}.gif", frames, float(s.get("fps", 8.0)))

@@ -33,12 +33,15 @@ def generate_samples(stage_model: dict[str, Any], params: dict[str, Any]) -> dic
     models = {"trained": model, "untrained": evaluate.untrained_like(model, cfg.untrained_seed)}
     records = []
     for group in cfg.groups:
-        records += evaluate.generate_group(group, models[group], vae, encoder, entries, cfg)
+        records += evaluate.generate_group(group, models[group], vae, encoder, entries, cfg,
+                                           scheduler=stage_model.get("scheduler"),
+                                           train_conditions=stage_model.get("train_conditions"))
     return {
         "records": records,
         "stage": stage_model.get("stage"),
         "weights_dir": stage_model["weights_dir"],
-        "generation": cfg.generation_settings(),
+        "generation": evaluate.generation_for_model(cfg, stage_model.get("train_conditions")),
+        "scheduler": stage_model.get("scheduler"),
         "prompts": [e.prompt for e in entries],
     }
 
@@ -62,13 +65,14 @@ def validation_loss(
     if not cache_dir:
         logger.warning("evaluation: the latent cache manifest names no val_dir/train_dir; no validation loss")
         return pd.DataFrame(
-            columns=["group", "clip", "range_start", "range_end", "timestep", "loss", "mse", "vb"]
+            columns=["group", "clip", "range_start", "range_end", "timestep", "loss", "mse", "vb", "x0_mse"]
         )
     if not latent_cache.get("val_dir"):
         logger.warning("evaluation: no held-out clips; the loss by timestep is measured on training clips")
     model, _, _ = evaluate.load_stage_components(stage_model)
     models = {"trained": model, "untrained": evaluate.untrained_like(model, cfg.untrained_seed)}
-    return evaluate.validation_loss_table({g: models[g] for g in cfg.groups}, cache_dir, cfg)
+    return evaluate.validation_loss_table({g: models[g] for g in cfg.groups}, cache_dir, cfg,
+                                          scheduler=stage_model.get("scheduler"))
 
 
 def build_report(

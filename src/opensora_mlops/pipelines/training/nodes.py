@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from opensora_mlops.config import ConfigError, check_keys
-from opensora_mlops.training.trainer import TrainConfig
+from opensora_mlops.training.trainer import TrainConfig, load_train_config
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,23 @@ def tracking_callback(stage: str, data_version: str | None = None, flush_every: 
     return callback
 
 
+def training_conditions(latent_cache: dict[str, Any]) -> dict[str, float] | None:
+    """The micro-conditions the stage trained on (median fps, most common video bucket size and length).
+
+    Evaluation and export sample with these: a model asked for 8 fps when it only ever saw 24-30 is
+    being asked something it never learned.
+    """
+    from opensora_mlops.training.latents import INDEX_FILE
+
+    if latent_cache.get("source", "cache") != "cache" or not latent_cache.get("train_dir"):
+        return None
+    index = pd.read_parquet(Path(latent_cache["train_dir"]) / INDEX_FILE)  # the index alone, not the tensors
+    videos = index[index["bucket_num_frames"] > 1] if (index["bucket_num_frames"] > 1).any() else index
+    size = videos.groupby(["bucket_height", "bucket_width", "bucket_num_frames"]).size().idxmax()
+    return {"fps": float(videos["fps"].median()), "height": float(size[0]), "width": float(size[1]),
+            "num_frames": float(size[2])}
+
+
 def _init_from(stage_settings_: dict[str, Any], init_model: dict[str, Any] | None) -> str | None:
     if init_model is not None:
         return init_model["weights_dir"]
@@ -208,6 +225,8 @@ def train_stage(latent_cache: dict[str, Any], vae_model: dict[str, Any], stage: 
         "ema_dir": str(final / "ema") if (final / "ema").exists() else None, "weights_dir": str(weights),
         "steps": result.steps, "model_config": model_config, "text_encoder": s["text_encoder"], "vae": vae_model,
         "data_version": latent_cache.get("table_hash"), "init_dir": cfg.get("init_from"),
+        "scheduler": load_train_config(cfg, where=f"{s['name']} manifest").scheduler,
+        "train_conditions": training_conditions(latent_cache),
     }
     tail = losses[-10:] or [result.last_loss]
     metrics = {
@@ -247,13 +266,14 @@ def validate_stage(model: dict[str, Any], latent_cache: dict[str, Any], stage: d
     init_dir = model.get("init_dir")
     if s.get("init_from") or init_dir:
         start = STDiT2.from_pretrained(resolve_init_dir(init_dir or s["init_from"]))
-    kwargs = dict(timesteps=timesteps, seed=int(v.get("seed", 0)), num_timesteps=int(s.get("num_timesteps", 1000)),
+    kwargs = dict(timesteps=timesteps, seed=int(v.get("seed", 0)), scheduler=cfg.scheduler,
                   batch_size=int(v.get("batch_size", 8)))
     ref = LatentCache(reference["val_dir"])
     after = validation_loss(trained, ref, **kwargs)
     before = validation_loss(start, ref, **kwargs)
     out = {"stage": s["name"], "val_loss": after["val_loss"], "val_mse": after["val_mse"],
-           "val_loss_init": before["val_loss"], "val_count": after["val_count"], "timesteps": list(timesteps)}
+           "val_x0_mse": after["val_x0_mse"], "val_loss_init": before["val_loss"],
+           "val_x0_mse_init": before["val_x0_mse"], "val_count": after["val_count"], "timesteps": list(timesteps)}
     if latent_cache.get("val_dir") and latent_cache["val_dir"] != reference["val_dir"]:
         own = validation_loss(trained, LatentCache(latent_cache["val_dir"]), **kwargs)
         out["val_loss_own"] = own["val_loss"]
@@ -261,7 +281,8 @@ def validate_stage(model: dict[str, Any], latent_cache: dict[str, Any], stage: d
         import mlflow
 
         if mlflow.active_run() is not None:
-            mlflow.log_metrics({k: float(out[k]) for k in ("val_loss", "val_mse", "val_loss_init")})
+            mlflow.log_metrics({k: float(out[k]) for k in ("val_loss", "val_mse", "val_x0_mse", "val_loss_init",
+                                                           "val_x0_mse_init")})
     except ImportError:  # tracking is optional for the node itself
         pass
     return out
