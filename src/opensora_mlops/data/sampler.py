@@ -1,9 +1,18 @@
 """Distributed, resumable batch sampler over variable-size buckets (1.1's VariableVideoBatchSampler).
 
 Every epoch the samples are (re)assigned to buckets with the epoch's draws, each bucket's samples are
-shuffled and its remainder (fewer than one batch) dropped, the list of bucket accesses (one per
-batch) is shuffled globally and trimmed to a multiple of the world size, and access ``i·W + rank``
-goes to ``rank``. All ranks compute the same plan from (seed, epoch), so no communication is needed.
+shuffled and cut into batches of the bucket's batch size, the last one partial, the list of bucket
+accesses (one per batch) is shuffled globally, and access ``i·W + rank`` goes to ``rank``. All ranks
+compute the same plan from (seed, epoch), so no communication is needed.
+
+Every sample a bucket holds is trained on once per epoch. 1.1 dropped each bucket's remainder (fewer
+than one batch) and then trimmed the accesses to a multiple of the world size W, silently: a 3-clip
+bucket with batch size 4 was never trained on. Here, when the batch count is not a multiple of W,
+the largest batches are split in two until it is (so every rank runs the same number of steps without
+losing rows); only when there are fewer rows than that needs are the smallest batches dropped.
+``drop_last=True`` restores 1.1's plan (full batches only, then the trim). Whatever a plan leaves out
+is counted per bucket (:attr:`VariableVideoBatchSampler.dropped_by_bucket`, ``dropped_rows``) and
+logged as a warning.
 
 Each yielded batch is a list of :class:`SampleKey` — the table row plus the bucket's (T, H, W) — which
 :class:`opensora_mlops.data.dataset.VideoBucketDataset` takes as its index.
@@ -14,6 +23,8 @@ their counts (1.1 silently ran an empty epoch; fix #4).
 
 from __future__ import annotations
 
+import heapq
+import logging
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -23,6 +34,8 @@ import torch
 
 from opensora_mlops.config import check_keys
 from opensora_mlops.data.buckets import BucketConfig, assign_arrays
+
+logger = logging.getLogger(__name__)
 
 
 class SampleKey(NamedTuple):
@@ -41,12 +54,14 @@ class EmptyEpochError(ValueError):
 
 class EpochPlan(NamedTuple):
     """One epoch's schedule: ``accesses[i]`` is the bucket of global batch ``i`` and
-    ``batches[i]`` its rows."""
+    ``batches[i]`` its rows; ``dropped`` counts, per bucket, the rows the bucket held that no batch
+    of the epoch takes (empty unless ``drop_last`` or too few rows for the world size)."""
 
     bucket_ids: list[str]
     accesses: list[str]
     batches: list[np.ndarray]
     sizes: dict[str, tuple[int, int, int]]  # bucket_id -> (T, H, W)
+    dropped: dict[str, int]
 
 
 class VariableVideoBatchSampler:
@@ -63,6 +78,9 @@ class VariableVideoBatchSampler:
         v11_compat: assign buckets exactly as 1.1 (see :mod:`opensora_mlops.data.buckets`).
         reassign_each_epoch: 1.1 redraws buckets every epoch; ``False`` uses the table's stored
             ``bucket_id`` column (as written by the bucketing pipeline) in every epoch.
+        drop_last: 1.1's plan: only full batches, and the accesses trimmed to a multiple of the
+            world size (dropped rows counted and logged). Default: partial last batches, nothing
+            dropped while there are at least as many rows as batches needed.
     """
 
     def __init__(
@@ -77,6 +95,7 @@ class VariableVideoBatchSampler:
         seed: int = 0,
         v11_compat: bool = False,
         reassign_each_epoch: bool = True,
+        drop_last: bool = False,
     ) -> None:
         if num_replicas is None or rank is None:
             # like torch's DistributedSampler: the process group's size and rank, else one process
@@ -100,6 +119,7 @@ class VariableVideoBatchSampler:
         self.seed = int(seed)
         self.v11_compat = bool(v11_compat)
         self.reassign_each_epoch = bool(reassign_each_epoch)
+        self.drop_last = bool(drop_last)
         self.epoch = 0
         # global batches (all ranks together) already consumed in the current epoch
         self.consumed_batches = 0
@@ -155,37 +175,80 @@ class VariableVideoBatchSampler:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = np.argsort(code, kind="stable")
         bounds = np.searchsorted(code[order], np.arange(-1, len(labels) + 1))
-        per_bucket_batches: dict[str, list[np.ndarray]] = {}
-        counts = {}
+        counts: dict[str, int] = {}
+        dropped: dict[str, int] = {}
+        # (bucket, rows) in bucket order, then batch order: the order splits and drops are decided in
+        batches: list[tuple[str, np.ndarray]] = []
         for j, label in enumerate(labels):
             rows = order[bounds[j + 1] : bounds[j + 2]]
             counts[label] = rows.size
             if self.shuffle:
                 rows = rows[rng.permutation(rows.size)]
             bs = batch_size[label]
-            whole = rows.size // bs  # the remainder (< one batch) is dropped
-            per_bucket_batches[label] = [rows[i * bs : (i + 1) * bs] for i in range(whole)]
-        accesses = [label for label in labels for _ in per_bucket_batches[label]]
+            stop = rows.size - rows.size % bs if self.drop_last else rows.size
+            batches.extend((label, rows[i : i + bs]) for i in range(0, stop, bs))
+            if stop < rows.size:
+                dropped[label] = rows.size - stop
+        if not self.drop_last:
+            batches = self._fit_world_size(batches, dropped)
         if self.shuffle:
-            accesses = [accesses[i] for i in rng.permutation(len(accesses))]
-        usable = len(accesses) - len(accesses) % self.num_replicas
-        if usable == 0:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.drop_last:
+            usable = len(batches) - len(batches) % self.num_replicas
+            for label, rows in batches[usable:]:
+                dropped[label] = dropped.get(label, 0) + rows.size
+            batches = batches[:usable]
+        if not batches:
             detail = ", ".join(f"{lb}: {counts[lb]} sample(s), batch size {batch_size[lb]}" for lb in labels)
+            kind = "full batch(es)" if self.drop_last else "row(s)"
+            have = sum(counts.values()) if not self.drop_last else sum(c // batch_size[lb] for lb, c in counts.items())
             raise EmptyEpochError(
                 f"epoch {self.epoch}: the data cannot form one batch per rank "
-                f"({len(accesses)} full batch(es) for {self.num_replicas} rank(s)) out of "
+                f"({have} {kind} for {self.num_replicas} rank(s)) out of "
                 f"{len(self.table)} sample(s); kept per bucket: {detail or 'none (every sample was dropped)'}"
             )
-        accesses = accesses[:usable]
-        taken: dict[str, int] = {}
-        batches = []
-        for label in accesses:
-            i = taken.get(label, 0)
-            batches.append(per_bucket_batches[label][i])
-            taken[label] = i + 1
-        self._plan = EpochPlan(labels, accesses, batches, sizes)
+        if dropped:
+            why = ("drop_last: full batches only, a multiple of the world size" if self.drop_last else
+                   "too few rows to give every rank the same number of batches")
+            logger.warning(
+                "epoch %d: %d of %d bucketed sample(s) are not trained on this epoch (%s; %d rank(s)); "
+                "per bucket: %s", self.epoch, sum(dropped.values()), sum(counts.values()), why,
+                self.num_replicas, ", ".join(f"{lb}: {n} of {counts[lb]}" for lb, n in sorted(dropped.items())),
+            )  # fmt: skip
+        self._plan = EpochPlan(labels, [lb for lb, _ in batches], [rows for _, rows in batches], sizes, dropped)
         self._plan_epoch = self.epoch
         return self._plan
+
+    def _fit_world_size(self, batches: list[tuple[str, np.ndarray]], dropped: dict[str, int]
+                        ) -> list[tuple[str, np.ndarray]]:
+        """Make the batch count a multiple of the world size: split the largest batches in two
+        (earliest first on a tie) while that is possible; with fewer rows than the next multiple,
+        drop the smallest batches down to the multiple below (counted in ``dropped``)."""
+        world = self.num_replicas
+        if len(batches) % world == 0:
+            return batches
+        total = sum(rows.size for _, rows in batches)
+        target = -(-len(batches) // world) * world
+        if target > total:  # not enough rows for one more step: drop down to the last whole step
+            target = len(batches) - len(batches) % world
+            keep = sorted(range(len(batches)), key=lambda i: (-batches[i][1].size, i))[:target]
+            for i in set(range(len(batches))) - set(keep):
+                label, rows = batches[i]
+                dropped[label] = dropped.get(label, 0) + rows.size
+            return [batches[i] for i in sorted(keep)]
+        # split: a heap of (-size, position) picks the largest, earliest batch; the halves keep their
+        # place in the order (position, 0) and (position, 1)
+        pieces: dict[tuple[int, ...], tuple[str, np.ndarray]] = {(i,): b for i, b in enumerate(batches)}
+        heap = [(-rows.size, (i,)) for i, (_, rows) in enumerate(batches)]
+        heapq.heapify(heap)
+        for _ in range(target - len(batches)):
+            _, key = heapq.heappop(heap)
+            label, rows = pieces.pop(key)
+            half = -(-rows.size // 2)
+            for part, sub in ((0, rows[:half]), (1, rows[half:])):
+                pieces[(*key, part)] = (label, sub)
+                heapq.heappush(heap, (-sub.size, (*key, part)))
+        return [pieces[k] for k in sorted(pieces)]
 
     # ------------------------------------------------------------------ iteration
     def set_epoch(self, epoch: int) -> None:
@@ -212,8 +275,19 @@ class VariableVideoBatchSampler:
         """Batches this rank has yet to yield in the current epoch (after a resume, fewer than len)."""
         return len(self) - self.consumed_batches // self.num_replicas
 
+    @property
+    def dropped_by_bucket(self) -> dict[str, int]:
+        """Rows per bucket that this epoch's plan leaves out (see the module docstring)."""
+        return dict(self.plan().dropped)
+
+    @property
+    def dropped_rows(self) -> int:
+        """Rows held by a bucket that this epoch's plan leaves out (0 unless ``drop_last`` or fewer
+        rows than one batch per rank needs); rows bucketing itself dropped are not counted here."""
+        return sum(self.plan().dropped.values())
+
     def bucket_counts(self) -> dict[str, int]:
-        """Samples per bucket scheduled this epoch (after remainder drops and trimming)."""
+        """Samples per bucket scheduled this epoch (after any drops)."""
         plan = self.plan()
         out: dict[str, int] = {}
         for label, rows in zip(plan.accesses, plan.batches, strict=True):
