@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 MLFLOW_KEYS = ("tracking_uri", "artifact_location", "experiment_name", "fallback_uri", "log_weights", "enabled")
 DEFAULT_FALLBACK = "sqlite:///mlruns/mlflow.db"
 MAX_PARAM_LENGTH = 6000
+DVC_REPORT_TAG = "dvc_report"  # opensora_mlops.pipelines.dvc_reports.TAG
 
 
 def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -128,6 +129,11 @@ class MLflowHooks:
         self.settings = settings
         self.params = dict(context.params)
 
+    def _tracks(self, node) -> bool:
+        """Nodes of a namespace log into its nested run; the DVC report nodes only restate numbers the
+        stage runs already hold, so they log nothing."""
+        return self.parent_run_id is not None and bool(node.namespace) and DVC_REPORT_TAG not in node.tags
+
     def _enabled(self) -> bool:
         return bool(self.settings.get("enabled", True)) and os.environ.get("OPENSORA_MLFLOW", "1") != "0"
 
@@ -192,7 +198,7 @@ class MLflowHooks:
     # ------------------------------------------------------------------ nodes
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool, run_id: str) -> None:
-        if self.parent_run_id is None or not node.namespace:
+        if not self._tracks(node):
             return
         import mlflow
 
@@ -212,7 +218,7 @@ class MLflowHooks:
     @hook_impl
     def after_node_run(self, node, catalog, inputs: dict[str, Any], outputs: dict[str, Any], is_async: bool,
                        run_id: str) -> None:
-        if self.parent_run_id is None or not node.namespace:
+        if not self._tracks(node):
             return
         import mlflow
 
@@ -229,7 +235,7 @@ class MLflowHooks:
     @hook_impl
     def on_node_error(self, error: Exception, node, catalog, inputs: dict[str, Any], is_async: bool,
                       run_id: str) -> None:
-        if self.parent_run_id is None or not node.namespace:
+        if not self._tracks(node):
             return
         import mlflow
 

@@ -10,6 +10,7 @@ import warnings
 
 from kedro.pipeline import Pipeline
 
+from opensora_mlops.pipelines.dvc_reports import add_dvc_reports
 from opensora_mlops.pipelines.training.pipeline import create_stage_pipelines
 
 # `kedro run` with no --pipelines chains these (Kedro orders nodes by their data anyway); any other
@@ -50,6 +51,7 @@ def discover_pipelines() -> dict[str, Pipeline]:
 def register_pipelines() -> dict[str, Pipeline]:
     pipelines = discover_pipelines()
     pipelines.update(create_stage_pipelines())  # "training" (discovered) = all three stages together
+    pipelines = add_dvc_reports(pipelines)  # each pipeline ends by writing its DVC metrics/plots files
     ordered = [name for name in DEFAULT_ORDER if name in pipelines]
     others = [name for name in pipelines if name not in DEFAULT_ORDER and name != "training"]
     pipelines["__default__"] = sum((pipelines[name] for name in ordered + others), Pipeline([]))
