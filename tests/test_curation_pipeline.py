@@ -126,6 +126,9 @@ def test_bad_inputs_are_quarantined_and_the_run_goes_on(tmp_path, raw):
 # --------------------------------------------------------------------------------------------- Kedro
 TINY_CORPUS = {
     "seed": 5,
+    "num_single_shot": 2,  # runtime params merge into conf/base's 200
+    "single_shot_sizes": [[96, 160]],
+    "single_shot_duration_seconds": [1.5, 1.5],
     "num_videos": 2,
     "sizes": [[96, 160], [120, 160]],
     "duration_seconds": [2.5, 3.0],

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "ingestion": {"synthetic": {
+        "num_single_shot": 2, "single_shot_duration_seconds": [2.0, 2.0],
         "num_videos": 3, "num_large": 0, "num_images": 1, "duration_seconds": [3.0, 4.0],
         "shots_per_video": [2, 3],
         "defects": {"static": 1, "text": 0, "dark": 0, "blurred": 0, "zero_bytes": 1, "truncated": 0,

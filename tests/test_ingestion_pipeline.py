@@ -17,6 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY_SYNTHETIC = {
     "seed": 11,
+    "num_single_shot": 2,
+    "single_shot_sizes": [[64, 96]],
+    "single_shot_duration_seconds": [1.0, 1.0],
     "num_videos": 2,
     "sizes": [[64, 96], [96, 64]],
     "duration_seconds": [1.0, 1.5],
@@ -58,7 +61,9 @@ def test_ingestion_pipeline_synthetic(project):
     summary = json.loads((project / "data/08_reporting/ingestion_summary.json").read_text())
 
     files = truth.drop_duplicates("path")
-    assert len(files) == 2 + 4 + 1 == len(raw) + len(quarantine)  # every file accounted for
+    assert len(files) == 2 + 2 + 4 + 1 == len(raw) + len(quarantine)  # every file accounted for
+    single = files[files["path"].str.contains("/clip_")]
+    assert len(single) == 2 and (single["kind"] == "good").all() and (single["shot_index"] == 0).all()
     assert set(quarantine["path"]) == set(files[files["kind"].isin(["zero_bytes", "truncated", "not_video"])]["path"])
     assert set(raw["path"]) == set(files[files["kind"].isin(["good", "dark", "image"])]["path"])
     merged = raw.merge(files, on="path", suffixes=("", "_truth"))
@@ -94,6 +99,36 @@ def test_ingestion_pipeline_user_folder(project):
     assert summary["candidates"] == 2 == summary["accepted"] + summary["quarantined_by_stage"]["ingestion.probe"]
     assert summary["quarantined"] == 2 and summary["source"] == "folder"
     assert pd.read_parquet(project / "data/01_raw/synthetic_ground_truth.parquet").empty
+
+
+def test_default_corpus_is_made_for_the_default_buckets():
+    """conf/base: every single-shot size still fits a stage-1 video bucket after curation's resize, a
+    clip holds several training windows, and "slowly" moves >= 15 % of the frame over one window."""
+    import yaml
+
+    from opensora_mlops.curation.cutting import target_size
+    from opensora_mlops.curation.synthetic import SPEEDS, SyntheticConfig
+    from opensora_mlops.data.aspect import PIXEL_SLACK, aspect_tables
+    from opensora_mlops.data.dataset import temporal_crop_indices
+
+    def params(name):
+        return yaml.safe_load((REPO / "conf" / "base" / f"parameters_{name}.yml").read_text())
+
+    corpus = SyntheticConfig.from_dict(params("ingestion")["ingestion"]["synthetic"])
+    shorter = params("curation")["curation"]["clips"]["shorter_side"]
+    stage1 = params("bucketing")["bucketing"]["stages"]["stage1"]
+    interval = int(stage1["frame_interval"])
+    video_frames = max(int(t) for t in stage1["bucket_config"]["144p"])
+    assert 150 <= corpus.num_single_shot <= 300
+    fewest = int(corpus.single_shot_duration_seconds[0] * min(corpus.fps_choices))
+    assert fewest > video_frames * interval  # bucketing wants more than T * frame_interval frames
+    assert fewest // (video_frames * interval) >= 3  # non-overlapping training windows per clip
+    for h, w in set(corpus.single_shot_sizes):
+        assert (h, w) == target_size(h, w, shorter)  # curation keeps the size
+        assert h * w >= PIXEL_SLACK * aspect_tables()["144p"].pixels, (h, w)
+    assert sum(1 for h, w in corpus.single_shot_sizes if (h, w) == (144, 256)) / len(corpus.single_shot_sizes) >= 0.4
+    window = temporal_crop_indices(video_frames * interval + 1, video_frames, interval, np.random.default_rng(0))
+    assert SPEEDS["slowly"] * (window[-1] - window[0]) >= 0.15
 
 
 def test_ingestion_params_are_strict(project):

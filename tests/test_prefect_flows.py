@@ -61,6 +61,7 @@ def tiny_project(tmp_path_factory) -> Path:
         "ingestion": {
             "progress": False,
             "synthetic": {
+                "num_single_shot": 0,
                 "num_videos": 1,
                 "sizes": [[64, 96]],
                 "fps_choices": [8],

@@ -16,6 +16,7 @@ from opensora_mlops.curation.synthetic import (
     COLOURS,
     DIRECTIONS,
     GROUND_TRUTH_FILE,
+    SHAPE_SIZE_RANGE,
     SHAPES,
     SPEEDS,
     ShotSpec,
@@ -27,12 +28,16 @@ from opensora_mlops.curation.synthetic import (
     parse_caption,
     parse_video_caption,
     render_shot,
+    single_shot_specs,
     video_caption,
 )
 from opensora_mlops.data.video_io import read_video
 
 TINY = {
     "seed": 3,
+    "num_single_shot": 5,
+    "single_shot_sizes": [[64, 96], [64, 96], [96, 64]],
+    "single_shot_duration_seconds": [1.0, 1.5],
     "num_videos": 3,
     "sizes": [[64, 96], [96, 64]],
     "fps_choices": [24, 25, 30],
@@ -125,7 +130,7 @@ def test_render_shot_moves_shape_in_caption_direction():
 def test_corpus_files_and_ground_truth(corpus):
     root, videos = corpus
     kinds = [v.kind for v in videos]
-    assert kinds.count("good") == 3
+    assert kinds.count("good") == 3 + 5
     for kind in ("static", "text", "dark", "blurred", "zero_bytes", "truncated", "not_video"):
         assert kinds.count(kind) == 1, kind
     assert kinds.count("image") == 2
@@ -136,6 +141,8 @@ def test_corpus_files_and_ground_truth(corpus):
 
     for v in videos:
         path = root / v.path
+        if v.kind == "good" and v.path.startswith("clip_"):
+            continue  # single-shot clips: test_single_shot_clips
         if v.kind == "good":
             frames, fps = read_video(path)
             assert fps == v.fps and fps in (24, 25, 30)
@@ -188,6 +195,75 @@ def test_defect_clips_have_their_defect(corpus):
     assert white > 0.005 or by_kind["text"].shots[0].spec.colour == "white"
 
 
+def test_single_shot_clips(corpus):
+    root, videos = corpus
+    clips = [v for v in videos if v.path.startswith("clip_")]
+    assert [v.path for v in clips] == [f"clip_{i:03d}.mp4" for i in range(5)]
+    # sizes cycle through the list (listed twice = twice as often), fps through fps_choices
+    sizes = [(v.height, v.width) for v in clips]
+    assert sorted(sizes[:3]) == [(64, 96), (64, 96), (96, 64)]
+    assert sizes.count((64, 96)) in (3, 4) and {v.fps for v in clips[:3]} == {24.0, 25.0, 30.0}
+    for v in clips:
+        frames, fps = read_video(root / v.path)
+        assert v.kind == "good" and fps == v.fps
+        assert frames.shape == (v.num_frames, v.height, v.width, 3)
+        assert 1.0 <= v.duration <= 1.5 + 1 / fps
+        (shot,) = v.shots
+        assert (shot.frame_start, shot.frame_end) == (0, v.num_frames) and v.cut_frames == []
+        assert parse_caption(v.caption) == shot.spec and shot.spec.moving
+        # big enough to survive an 8x downsampling VAE
+        assert SHAPE_SIZE_RANGE[0] * min(v.height, v.width) <= shot.shape_size <= SHAPE_SIZE_RANGE[1] * min(
+            v.height, v.width)
+        # the frames show the caption's background
+        corner = frames[:, :3, :3].reshape(-1, 3).astype(int)
+        assert np.abs(np.median(corner, axis=0) - BACKGROUNDS[shot.spec.background]).max() <= 25
+
+
+def test_single_shot_attributes_are_stratified():
+    rng = np.random.default_rng(0)
+    specs = single_shot_specs(rng, 2 * 84 + 10)
+    looks = [(s.colour, s.shape, s.background) for s in specs]
+    motions = [(s.direction, s.speed) for s in specs]
+    # every appearance combination twice or three times, every motion 22 or 23 times
+    assert set(looks) == {(c, sh, bg) for c in COLOURS for sh in SHAPES for bg in BACKGROUNDS}
+    assert {looks.count(x) for x in set(looks)} <= {2, 3}
+    assert {motions.count(x) for x in set(motions)} <= {22, 23} and len(set(motions)) == 8
+    # each value equally often in the whole cycles; only the last, partial cycle (10 draws) adds spread
+    for attribute, values, cycle in (("colour", COLOURS, 84), ("shape", SHAPES, 84), ("background", BACKGROUNDS, 84),
+                                     ("direction", DIRECTIONS, 8), ("speed", SPEEDS, 8)):
+        counts = [sum(getattr(s, attribute) == v for s in specs) for v in values]
+        assert min(counts) >= len(specs) // cycle * cycle // len(values), attribute
+        assert max(counts) - min(counts) <= len(specs) % cycle, attribute
+    # independent random draws would leave combinations out; these never do at n >= 84
+    assert len({(s.colour, s.shape, s.background) for s in single_shot_specs(np.random.default_rng(1), 84)}) == 84
+
+
+@pytest.mark.parametrize("direction", sorted(DIRECTIONS))
+def test_slow_motion_is_visible_over_one_training_sample(direction):
+    """An 8-frame sample at frame interval 2 (conf/base/parameters_bucketing.yml) has its first and last
+    frames 15 source frames apart; over them even a "slowly" moving shape must cross >= 15 % of the frame."""
+    h, w = 144, 256
+    dx, dy = DIRECTIONS[direction]
+    start = (w * (0.7 if dx < 0 else 0.3 if dx > 0 else 0.5), h * (0.7 if dy < 0 else 0.3 if dy > 0 else 0.5))
+    frames = render_shot(ShotSpec("red", "square", "black", direction, "slowly"), h, w, 16, 0.3 * h, start)
+    red = (frames[..., 0] > 150) & (frames[..., 1] < 100)
+    ys, xs = np.nonzero(red[0])
+    ye, xe = np.nonzero(red[15])
+    shift = (xe.mean() - xs.mean()) / w if dx else (ye.mean() - ys.mean()) / h
+    assert np.sign(shift) == (dx or dy) and abs(shift) >= 0.15
+    # "quickly" moves well under a shape size per sampled frame (no aliasing of the direction)
+    assert SPEEDS["quickly"] * 15 / 7 * max(h, w) < 0.3 * h
+    assert SPEEDS["quickly"] >= 2 * SPEEDS["slowly"]
+
+
+def test_single_shot_clips_leave_the_rest_of_the_corpus_unchanged(tmp_path):
+    cfg = dict(TINY, num_videos=1, num_large=0, num_images=1, defects={"zero_bytes": 1})
+    without = generate_corpus(tmp_path / "a", dict(cfg, num_single_shot=0), progress=False)
+    with_clips = generate_corpus(tmp_path / "b", dict(cfg, num_single_shot=2), progress=False)
+    assert [v for v in with_clips if not v.path.startswith("clip_")] == without
+    assert len(with_clips) == len(without) + 2
+
+
 def test_ground_truth_table(corpus):
     root, videos = corpus
     table = ground_truth_table(videos, root)
@@ -201,7 +277,7 @@ def test_ground_truth_table(corpus):
 
 
 def test_deterministic_and_cleans_stale_files(tmp_path):
-    cfg = dict(TINY, num_videos=1, num_large=0, num_images=0, defects={})
+    cfg = dict(TINY, num_videos=1, num_single_shot=1, num_large=0, num_images=0, defects={})
     first = generate_corpus(tmp_path / "a", cfg, progress=False)
     second = generate_corpus(tmp_path / "b", cfg, progress=False)
     assert first == second
@@ -218,7 +294,7 @@ def test_deterministic_and_cleans_stale_files(tmp_path):
     assert generate_corpus(tmp_path / "a", cfg, progress=False) == first
     assert (tmp_path / "a" / first[0].path).is_file()
     # regenerate "a" with fewer files: the old ones are gone
-    generate_corpus(tmp_path / "a", dict(cfg, num_videos=0), progress=False)
+    generate_corpus(tmp_path / "a", dict(cfg, num_videos=0, num_single_shot=0), progress=False)
     assert [p.name for p in (tmp_path / "a").iterdir()] == [GROUND_TRUTH_FILE]
 
 
@@ -229,3 +305,25 @@ def test_config_is_strict():
         SyntheticConfig.from_dict({"defects": {"smudged": 1}})
     with pytest.raises(ConfigError, match="fps_choices"):
         SyntheticConfig.from_dict({"fps_choices": [0]})
+    with pytest.raises(ConfigError, match="single_shot_sizes must not be empty"):
+        SyntheticConfig.from_dict({"num_single_shot": 3, "single_shot_sizes": []})
+    with pytest.raises(ConfigError, match=r"\[H, W\] pairs"):
+        SyntheticConfig.from_dict({"single_shot_sizes": [[144, 256, 3]]})
+    with pytest.raises(ConfigError, match=">= 0"):
+        SyntheticConfig.from_dict({"num_single_shot": -1})
+    with pytest.raises(ConfigError, match="single_shot_duration_seconds"):
+        SyntheticConfig.from_dict({"single_shot_duration_seconds": [3.0, 2.0]})
+
+
+def test_a_corpus_from_an_older_renderer_is_regenerated(tmp_path):
+    cfg = dict(TINY, num_single_shot=1, num_videos=0, num_large=0, num_images=0, defects={})
+    (clip,) = generate_corpus(tmp_path, cfg, progress=False)
+    truth_path = tmp_path / GROUND_TRUTH_FILE
+    truth = json.loads(truth_path.read_text())
+    assert truth["config"]["render"]["speeds"] == SPEEDS
+    truth["config"]["render"]["version"] = 1  # as if written before the speeds changed
+    truth_path.write_text(json.dumps(truth))
+    before = (tmp_path / clip.path).stat().st_mtime_ns
+    assert generate_corpus(tmp_path, cfg, progress=False) == [clip]
+    assert (tmp_path / clip.path).stat().st_mtime_ns != before
+    assert json.loads(truth_path.read_text())["config"]["render"]["version"] != 1

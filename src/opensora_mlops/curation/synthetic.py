@@ -1,11 +1,16 @@
-"""The bundled synthetic corpus: multi-shot videos of simple shapes with known captions, cuts and sizes.
+"""The bundled synthetic corpus: videos of simple shapes with known captions, cuts and sizes.
 
-Every raw video is 2–6 shots joined by hard cuts. A shot shows one coloured shape moving in one
-direction at one speed over a flat background with a faint grid (the grid gives sharp edges, so blur
-and sharpness measures have something to see). Its caption is derived from its parameters with a fixed
-vocabulary, so later stages can check themselves against the truth: scene detection against the cut
-frames, captioning against the shot captions, and evaluation (prompt adherence by classical CV on
-generated frames) against :func:`parse_caption`.
+Two kinds of good video. *Single-shot clips* (``num_single_shot``, the bulk of the corpus, the data the
+embedded model learns from) show one shape for 2–3 s at the 144p training sizes; their attributes are
+drawn stratified, so every colour, shape, background, direction and speed is about equally common and
+every (colour, shape, background) combination occurs (see :func:`_balanced_cycle`). *Multi-shot videos*
+(``num_videos``) join 2–6 shots by hard cuts, so scene detection and cutting have work.
+
+A shot shows one coloured shape moving in one direction at one speed over a flat background with a
+faint grid (the grid gives sharp edges, so blur and sharpness measures have something to see). Its
+caption is derived from its parameters with a fixed vocabulary, so later stages can check themselves
+against the truth: scene detection against the cut frames, captioning against the shot captions, and
+evaluation (prompt adherence by classical CV on generated frames) against :func:`parse_caption`.
 
 Consecutive shots always differ in background *and* shape colour, so the frame difference at a cut is
 large (PySceneDetect's AdaptiveDetector finds every one), and every shot is at least
@@ -63,10 +68,14 @@ DIRECTIONS: dict[str, tuple[int, int]] = {
 }
 
 #: Speed name → pixels per frame as a fraction of the frame size along the motion (width for
-#: left/right, height for up/down). "quickly" is 4× "slowly".
+#: left/right, height for up/down). Sized for what training sees: the embedded stage-1 sample is 8
+#: frames spread over 16 source frames (frame_interval 2), whose first and last frames are 15 apart,
+#: so "slowly" moves the shape 16.5 % of the frame across one sample and "quickly" 39 % (5.6 % per
+#: sampled frame, well under the shape's own size, so the motion never aliases). The 1.1 values were
+#: 0.004 / 0.016: 3 % / 13 % over such a sample, too little to learn a direction from.
 SPEEDS: dict[str, float] = {
-    "slowly": 0.004,
-    "quickly": 0.016,
+    "slowly": 0.011,
+    "quickly": 0.026,
 }
 
 #: Background colours: dark or neutral (V ≤ 110, low saturation or deep hue), distinct from every
@@ -78,8 +87,10 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "maroon": (92, 20, 24),
 }
 
-#: Shape size (side / diameter) as a fraction of the shorter frame side.
-SHAPE_SIZE_RANGE = (0.2, 0.32)
+#: Shape size (side / diameter) as a fraction of the shorter frame side. At least 0.28 so that a
+#: shape spans ≥ 5 latent pixels of an 8× downsampling VAE at 144p (40 px of 144): smaller ones come
+#: back from the VAE as blobs of the wrong colour.
+SHAPE_SIZE_RANGE = (0.28, 0.38)
 
 #: Joins the shot captions of a multi-shot video into the video-level caption of the raw table.
 VIDEO_CAPTION_SEPARATOR = "; then "
@@ -187,14 +198,25 @@ def parse_video_caption(text: str) -> list[ShotSpec] | None:
 class SyntheticConfig:
     """Corpus recipe (``parameters_ingestion.yml`` → ``ingestion.synthetic``).
 
-    ``num_videos`` good multi-shot videos are drawn from ``sizes`` (H, W), ``fps_choices`` and
-    ``duration_seconds`` [min, max]; the last ``num_large`` of them use ``large_sizes`` and
-    ``large_duration_seconds`` instead (a 720p-class one, kept short so the embedded default stays
-    fast). ``defects`` counts the deliberately bad files per kind; ``num_images`` still images
-    alternate between JPEG and PNG.
+    ``num_single_shot`` single-shot clips (``clip_NNN.mp4``) cycle through ``single_shot_sizes`` (list a
+    size several times to make it more common) and ``fps_choices``, last ``single_shot_duration_seconds``
+    [min, max] and have stratified attributes. The default here is 0 so that library callers get a
+    small corpus; the project's default (``parameters_ingestion.yml``) is 200.
+
+    ``num_videos`` good multi-shot videos (``video_NNN.mp4``) are drawn from ``sizes`` (H, W),
+    ``fps_choices`` and ``duration_seconds`` [min, max]; the last ``num_large`` of them use
+    ``large_sizes`` and ``large_duration_seconds`` instead (a 720p-class one, kept short so the embedded
+    default stays fast). ``defects`` counts the deliberately bad files per kind; ``num_images`` still
+    images alternate between JPEG and PNG.
+
+    The single-shot clips draw from their own random stream, so adding or removing them leaves the
+    multi-shot videos, defects and images of a seed as they were.
     """
 
     seed: int = 0
+    num_single_shot: int = 0
+    single_shot_sizes: tuple[tuple[int, int], ...] = ((144, 256), (144, 256), (256, 144), (160, 212), (212, 160))
+    single_shot_duration_seconds: tuple[float, float] = (2.0, 3.0)
     num_videos: int = 8
     sizes: tuple[tuple[int, int], ...] = (
         (144, 256),
@@ -231,8 +253,11 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizes", tuple(tuple(int(v) for v in s) for s in self.sizes))
         object.__setattr__(self, "large_sizes", tuple(tuple(int(v) for v in s) for s in self.large_sizes))
+        object.__setattr__(self, "single_shot_sizes",
+                           tuple(tuple(int(v) for v in s) for s in self.single_shot_sizes))
         object.__setattr__(self, "fps_choices", tuple(float(f) for f in self.fps_choices))
-        for name in ("duration_seconds", "large_duration_seconds", "defect_duration_seconds"):
+        for name in ("duration_seconds", "large_duration_seconds", "defect_duration_seconds",
+                     "single_shot_duration_seconds"):
             lo, hi = (float(v) for v in getattr(self, name))
             if not 0 < lo <= hi:
                 raise ConfigError(f"ingestion.synthetic.{name} must be [min, max] with 0 < min <= max, got {[lo, hi]}")
@@ -241,15 +266,20 @@ class SyntheticConfig:
         if not 1 <= lo <= hi:
             raise ConfigError(f"ingestion.synthetic.shots_per_video must be [min, max] with 1 <= min <= max, got {[lo, hi]}")
         object.__setattr__(self, "shots_per_video", (lo, hi))
-        for h, w in (*self.sizes, *self.large_sizes):
+        if any(len(s) != 2 for s in (*self.sizes, *self.large_sizes, *self.single_shot_sizes)):
+            raise ConfigError("ingestion.synthetic sizes must be [H, W] pairs")
+        for h, w in (*self.sizes, *self.large_sizes, *self.single_shot_sizes):
             if not (16 <= h <= 4096 and 16 <= w <= 4096):
                 raise ConfigError(f"ingestion.synthetic size {h}x{w} outside 16..4096 px")
         if not self.sizes or (self.num_large and not self.large_sizes):
             raise ConfigError("ingestion.synthetic.sizes / large_sizes must not be empty")
+        if self.num_single_shot and not self.single_shot_sizes:
+            raise ConfigError("ingestion.synthetic.single_shot_sizes must not be empty when num_single_shot > 0")
+
         for fps in self.fps_choices:
             if not 0 < fps <= 240:
                 raise ConfigError(f"ingestion.synthetic.fps_choices: {fps} outside (0, 240]")
-        if self.num_videos < 0 or self.num_large < 0 or self.num_images < 0:
+        if min(self.num_videos, self.num_large, self.num_images, self.num_single_shot) < 0:
             raise ConfigError("ingestion.synthetic counts must be >= 0")
         if self.num_large > self.num_videos:
             raise ConfigError(f"ingestion.synthetic.num_large ({self.num_large}) > num_videos ({self.num_videos})")
@@ -535,6 +565,34 @@ def _shot_specs(rng: np.random.Generator, n: int, moving: bool = True) -> list[S
     return specs
 
 
+def _balanced_cycle(rng: np.random.Generator, options: list, n: int) -> list:
+    """``n`` draws from ``options``: back-to-back random permutations of the whole list, cut at ``n``.
+
+    Stratified rather than independent draws: every option occurs ``n // len(options)`` or one more
+    times, so a corpus of a few hundred clips has no value (or combination) that chance left out.
+    """
+    if not options:
+        raise ValueError("no options to draw from")
+    out: list = []
+    while len(out) < n:
+        out.extend(options[int(i)] for i in rng.permutation(len(options)))
+    return out[:n]
+
+
+def single_shot_specs(rng: np.random.Generator, n: int) -> list[ShotSpec]:
+    """``n`` moving shots with stratified attributes.
+
+    The appearance (colour, shape, background: 84 combinations) and the motion (direction, speed: 8)
+    are each drawn as a :func:`_balanced_cycle` of all their combinations, independently, so every
+    appearance combination occurs ⌊n/84⌋ or ⌈n/84⌉ times, every motion ⌊n/8⌋ or ⌈n/8⌉ times, and every
+    single attribute value about equally often.
+    """
+    looks = [(c, sh, bg) for c in COLOURS for sh in SHAPES for bg in BACKGROUNDS]
+    motions = [(d, sp) for d in DIRECTIONS for sp in SPEEDS]
+    return [ShotSpec(c, sh, bg, d, sp)
+            for (c, sh, bg), (d, sp) in zip(_balanced_cycle(rng, looks, n), _balanced_cycle(rng, motions, n))]
+
+
 def _split_frames(rng: np.random.Generator, total: int, n: int, min_len: int) -> list[tuple[int, int]]:
     """Random partition of ``total`` frames into ``n`` shots of at least ``min_len`` frames each."""
     extra = total - n * min_len
@@ -645,9 +703,28 @@ def generate_corpus(out_dir: str | Path, config: SyntheticConfig | Mapping[str, 
         height, width = _pick(rng, cfg.sizes)
         plan.append(("image", {"height": height, "width": width}))
 
+    # single-shot clips: their own stream (seed, 1), so they leave the files above unchanged
+    single_rng = np.random.default_rng([cfg.seed, 1])
+    n_single = cfg.num_single_shot
+    for spec, (height, width), fps in zip(single_shot_specs(single_rng, n_single),
+                                          _balanced_cycle(single_rng, list(cfg.single_shot_sizes), n_single),
+                                          _balanced_cycle(single_rng, list(cfg.fps_choices), n_single)):
+        plan.append(("single", {"height": height, "width": width, "fps": fps, "spec": spec,
+                                "duration": float(single_rng.uniform(*cfg.single_shot_duration_seconds))}))
+
     videos: list[VideoTruth] = []
-    n_video, n_image = 0, 0
+    n_video, n_image, n_clip = 0, 0, 0
     for kind, p in tqdm(plan, desc="synthetic corpus", unit="file", disable=not progress):
+        if kind == "single":
+            name = f"clip_{n_clip:03d}.mp4"
+            n_clip += 1
+            total = max(1, int(round(p["duration"] * p["fps"])))
+            size, xy = _layout(single_rng, p["spec"], p["height"], p["width"])
+            frames = render_shot(p["spec"], p["height"], p["width"], total, size, xy)
+            write_video(out_dir / name, frames, p["fps"], crf=cfg.crf)
+            videos.append(VideoTruth(name, "good", p["fps"], p["height"], p["width"], total,
+                                     [ShotTruth(0, total, caption_for(p["spec"]), p["spec"], size, xy)]))
+            continue
         if kind == "image":
             ext = ".jpg" if n_image % 2 == 0 else ".png"
             name = f"image_{n_image:03d}{ext}"
@@ -706,7 +783,14 @@ def generate_corpus(out_dir: str | Path, config: SyntheticConfig | Mapping[str, 
     return videos
 
 
+#: Bumped whenever the rendering changes for the same config (speeds, shape sizes, layout), so that an
+#: existing corpus made by the old renderer is not reused as if it were current.
+RENDER_VERSION = 2
+
+
 def _config_json(cfg: SyntheticConfig) -> dict[str, Any]:
+    """The recipe as stored in the ground truth: the config plus what the renderer draws with."""
     out = asdict(cfg)
     out["defects"] = dict(cfg.defects)
+    out["render"] = {"version": RENDER_VERSION, "speeds": SPEEDS, "shape_size_range": list(SHAPE_SIZE_RANGE)}
     return json.loads(json.dumps(out))
