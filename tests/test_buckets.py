@@ -15,6 +15,8 @@ from opensora_mlops.data.buckets import (
     REASON_NOT_DRAWN,
     BucketConfig,
     StageBucketing,
+    V11BucketWalk,
+    assign_arrays,
     assign_buckets,
     assign_buckets_reference,
     uniform_draw,
@@ -150,7 +152,9 @@ def test_v11_stage2_distribution_for_a_720p_200_frame_clip():
 
 # ---------------------------------------------------------------- properties
 frame_keys = st.sets(st.sampled_from([1, 2, 4, 8, 16, 32]), min_size=1, max_size=4)
-entry = st.one_of(st.tuples(st.sampled_from([0.0, 0.3, 0.5, 1.0]), st.integers(1, 8)), st.just((0.0, None)))
+entry = st.one_of(
+    st.tuples(st.sampled_from([0.0, 1e-9, 0.3, 0.5, 0.999, 1.0]), st.integers(1, 8)), st.just((0.0, None))
+)
 configs = st.dictionaries(
     st.sampled_from(["144p", "256", "240p", "360p", "512", "720p"]),
     frame_keys.flatmap(lambda ks: st.fixed_dictionaries({k: entry.map(list) for k in ks})),
@@ -199,3 +203,88 @@ def test_epoch_changes_draws_but_not_eligibility():
     b = assign_buckets(df, config, frame_interval=2, seed=3, epoch=1)
     assert not a["bucket_id"].equals(b["bucket_id"])
     assert (a["drop_reason"] == REASON_NO_FIT).equals(b["drop_reason"] == REASON_NO_FIT)
+
+
+def draws_needed(df: pd.DataFrame, config: BucketConfig, interval: int, seed: int, epoch: int, v11: bool) -> int:
+    """Draws at buckets with 0 < keep_prob < 1 that the row-by-row walk reaches before it stops."""
+    total = 0
+    for i, (t, h, w) in enumerate(zip(df["num_frames"], df["height"], df["width"], strict=True)):
+        done = False
+        for resolution in config.resolutions:
+            if done or h * w < aspect_tables()[resolution].pixels * 0.8:
+                continue
+            specs = [s for s in config.specs if s.resolution == resolution]
+            tries = [s for s in specs if (s.num_frames == 1 if t == 1 else s.num_frames != 1 and t > s.num_frames * interval)]
+            for spec in tries[:1] if v11 and t != 1 else tries:
+                total += 0.0 < spec.keep_prob < 1.0
+                if uniform_draw(seed, epoch, i, spec.key) < spec.keep_prob:
+                    done = True
+                    break
+    return total
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=configs, data=rows, interval=st.integers(1, 4), seed=st.integers(0, 2**32), epoch=st.integers(0, 50))
+def test_v11_compat_equals_the_v11_walk_given_the_same_draws(raw, data, interval, seed, epoch):
+    """1.1's walk in its own layout (one call per sample, nested dicts, ``min`` over string ratio
+    keys), fed this project's hash draws, gives what the vectorised v11_compat assignment gives."""
+    config = BucketConfig(raw)
+    df = table(*map(list, zip(*data, strict=True)))
+    fast = assign_buckets(df, config, frame_interval=interval, seed=seed, epoch=epoch, v11_compat=True)
+    walk = V11BucketWalk(config)
+    expected = [
+        walk.bucket_of(t, h, w, interval, walk.hash_draws(seed, epoch, i))
+        for i, (t, h, w) in enumerate(data)
+    ]
+    got = [
+        (r.bucket_resolution, r.bucket_num_frames, r.ar_key) if r.keep else None for r in fast.itertuples()
+    ]
+    assert got == expected
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=configs, data=rows, interval=st.integers(1, 4), seed=st.integers(0, 2**32), v11=st.booleans())
+def test_draws_are_computed_only_where_they_can_decide(raw, data, interval, seed, v11):
+    config = BucketConfig(raw)
+    df = table(*map(list, zip(*data, strict=True)))
+    got = assign_arrays(df["num_frames"], df["height"], df["width"], config, frame_interval=interval, seed=seed,
+                        epoch=3, v11_compat=v11)  # fmt: skip
+    assert got.num_draws == draws_needed(df, config, interval, seed, 3, v11)
+
+
+def test_no_draws_when_every_keep_prob_is_zero_or_one():
+    config = BucketConfig({"240p": {16: [0.0, None], 8: [1.0, 2], 1: [1.0, 4]}, "144p": {16: [1.0, 2]}})
+    rng = np.random.default_rng(1)
+    df = table(rng.integers(1, 100, 2000), rng.integers(100, 800, 2000), rng.integers(100, 800, 2000))
+    got = assign_arrays(df["num_frames"], df["height"], df["width"], config, frame_interval=2, seed=0)
+    assert got.num_draws == 0
+    assert got.bucket.max() >= 0  # some rows are kept, without a single draw
+
+
+def test_draws_follow_sample_ids_not_row_positions():
+    """A row keeps its bucket when the table is reordered, as long as it keeps its sample id."""
+    config = BucketConfig(load_reference()["stages"]["stage2"]["bucket_config"])
+    rng = np.random.default_rng(2)
+    n = 3000
+    t, h, w = rng.integers(1, 600, n), rng.integers(100, 1500, n), rng.integers(100, 2000, n)
+    base = assign_arrays(t, h, w, config, frame_interval=3, seed=9, epoch=1)
+    perm = rng.permutation(n)
+    moved = assign_arrays(t[perm], h[perm], w[perm], config, frame_interval=3, seed=9, epoch=1, sample_ids=perm)
+    np.testing.assert_array_equal(moved.bucket, base.bucket[perm])
+    np.testing.assert_array_equal(moved.ratio, base.ratio[perm])
+    np.testing.assert_array_equal(moved.reason_code, base.reason_code[perm])
+    with pytest.raises(ValueError, match="sample_ids has shape"):
+        assign_arrays(t, h, w, config, frame_interval=3, seed=9, sample_ids=perm[:10])
+
+
+def test_empty_table_and_v11_walk_seeding():
+    config = BucketConfig(SMALL)
+    empty = assign_buckets(table([], [], []).astype("int64"), config, frame_interval=1, seed=0)
+    assert len(empty) == 0 and list(empty.columns[3:]) == list(assign_buckets(table([9], [200], [300]), config,
+                                                                              frame_interval=1, seed=0).columns[3:])
+    # 1.1 seeded each draw with seed + epoch + sample * sub_buckets + bucket: 2 resolutions x 3 frame
+    # counts, with 144p and 240p each defining their ratio tables' entries
+    walk = V11BucketWalk(config)
+    assert walk.sub_buckets == 3 * len(aspect_tables()["144p"].ratios) + 3 * len(aspect_tables()["240p"].ratios)
+    draw = walk.v11_draws(5, 2, 7)
+    assert draw(3) == np.random.default_rng(5 + 2 + 7 * walk.sub_buckets + 3).random()

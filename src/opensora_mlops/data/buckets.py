@@ -19,6 +19,7 @@ other rows or on the order rows are processed in.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from opensora_mlops.config import ConfigError, check_keys
 from opensora_mlops.data.aspect import PIXEL_SLACK, AspectTable, get_aspect_table
@@ -45,10 +47,26 @@ REASON_NOT_DRAWN = "not_drawn"  # some bucket fits, but every keep_prob draw fai
 # --------------------------------------------------------------------------------------------------
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """The splitmix64 finaliser on a uint64 array (wrapping arithmetic)."""
-    z = np.asarray(x, dtype=np.uint64) + np.uint64(_GOLDEN)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
-    return z ^ (z >> np.uint64(31))
+    z = np.asarray(x, dtype=np.uint64) + np.uint64(_GOLDEN)  # a fresh array: the rest works in place
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(_MIX1)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(_MIX2)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def _draw_bits(per_sample: np.ndarray, key: np.uint64) -> np.ndarray:
+    """The 53 random bits of each draw: ``splitmix64(per_sample ^ key) >> 11``, in place on one array."""
+    z = per_sample ^ key
+    z += np.uint64(_GOLDEN)
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(_MIX1)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(_MIX2)
+    z ^= z >> np.uint64(31)
+    z >>= np.uint64(11)
+    return z
 
 
 def _splitmix64_int(x: int) -> int:
@@ -169,6 +187,21 @@ class BucketConfig:
             for t in sorted(parsed[res], reverse=True)
         ]
         self._index = {(s.resolution, s.num_frames): i for i, s in enumerate(self.specs)}
+        self._walk_plans: dict[tuple[int, bool], _WalkPlan] = {}
+        self._lookups: _ColumnLookups | None = None
+
+    def walk_plan(self, frame_interval: int, v11_compat: bool) -> _WalkPlan:
+        """The tabulated bucket walk for one frame interval and mode (built once, then reused)."""
+        key = (int(frame_interval), bool(v11_compat))
+        if key not in self._walk_plans:
+            self._walk_plans[key] = _build_walk_plan(self, *key)
+        return self._walk_plans[key]
+
+    def column_lookups(self) -> _ColumnLookups:
+        """Every sub-bucket's column values, for building bucket columns by lookup (built once)."""
+        if self._lookups is None:
+            self._lookups = _column_lookups(self)
+        return self._lookups
 
     def spec(self, resolution: str, num_frames: int) -> BucketSpec:
         try:
@@ -212,23 +245,130 @@ class StageBucketing:
 # --------------------------------------------------------------------------------------------------
 # assignment
 # --------------------------------------------------------------------------------------------------
+# drop reasons by code, as stored in :attr:`Assignment.reason_code`
+_REASON_BY_CODE = ("", REASON_NO_FIT, REASON_NOT_DRAWN)
+
+
 @dataclass
 class Assignment:
     """Per-sample result arrays: ``bucket`` indexes ``config.specs`` (-1 = dropped), ``ratio`` indexes
-    that resolution's ratio keys (-1 = dropped), ``reason`` is "" when kept."""
+    that resolution's ratio keys (-1 = dropped), ``reason_code`` is 0 when kept, 1 when no bucket fits,
+    2 when buckets fit but no keep-probability draw succeeded. ``num_draws`` counts the draws computed."""
 
     bucket: np.ndarray
     ratio: np.ndarray
-    reason: np.ndarray
+    reason_code: np.ndarray
+    num_draws: int = 0
+
+    @property
+    def reason(self) -> np.ndarray:
+        """The drop reason of every row as a string ("" when kept)."""
+        return np.array(_REASON_BY_CODE, dtype=object)[self.reason_code]
 
 
 def _validate_sizes(num_frames: np.ndarray, height: np.ndarray, width: np.ndarray) -> None:
     for name, values in (("num_frames", num_frames), ("height", height), ("width", width)):
+        if values.size and values.min() >= 1:
+            continue
         bad = np.flatnonzero(~(values >= 1))
         if bad.size:
             raise ValueError(
                 f"{name} must be >= 1 for every row; {bad.size} row(s) are not, e.g. row {bad[0]} = {values[bad[0]]}"
             )
+
+
+@dataclass(frozen=True)
+class _WalkPlan:
+    """1.1's bucket walk tabulated per *profile* of a sample.
+
+    Whether a bucket fits a sample depends on two things only: which resolutions its pixel count
+    reaches (a suffix of the scan order, since thresholds fall along it) and which frame counts its
+    length exceeds (a prefix of the sorted distinct frame counts), or that it is an image. So every
+    sample has one of (resolutions + 1) x (frame levels + 2) profiles. A profile's walk is the
+    *segments* of the resolutions it reaches, in scan order: at each, the buckets its level tries
+    (longest first; only the longest fitting one in ``v11_compat``). A sample that fails every draw
+    of one resolution's segment goes on exactly like a sample whose first reachable resolution is
+    the next one, so the rows of one level can walk the resolutions together.
+
+    Buckets with keep probability 0 never accept and are left out of the segments; a bucket with
+    keep probability 1 always accepts, so it ends a segment. Only the buckets in between need draws.
+    """
+
+    pixel_thresholds: tuple[float, ...]  # nominal pixels x PIXEL_SLACK per resolution, in scan order
+    frame_steps: tuple[int, ...]  # ascending: distinct frame counts > 1, times the frame interval
+    segments: tuple[tuple[tuple[int, ...], ...], ...]  # [resolution][level] bucket indices to try
+    reason_if_dropped: np.ndarray  # [profiles] int8 reason code of a row of that profile that is dropped
+    # resolutions with the same ratio keys share one nearest-ratio search (1.1's tables mostly do)
+    ratio_tables: tuple[AspectTable, ...]
+    ratio_group: np.ndarray  # [buckets] index into ratio_tables
+
+    @property
+    def levels(self) -> int:
+        """Frame levels per resolution: videos exceeding 0..m frame steps, then images."""
+        return len(self.frame_steps) + 2
+
+    def profiles(self, num_frames: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """Each sample's profile, first reachable resolution x levels + level (uint8/uint16, so that
+        a stable argsort is a radix sort)."""
+        dtype = np.uint8 if self.reason_if_dropped.size <= 256 else np.uint16
+        # resolutions out of reach: thresholds fall along the scan order, so they are its first ones
+        skipped = np.zeros(pixels.shape, dtype=dtype)
+        for threshold in self.pixel_thresholds:
+            skipped += pixels < threshold
+        level = np.zeros(num_frames.shape, dtype=dtype)
+        for frame_step in self.frame_steps:
+            level += num_frames > frame_step
+        level[num_frames == 1] = self.levels - 1
+        skipped *= self.levels
+        skipped += level
+        return skipped
+
+
+def _build_walk_plan(config: BucketConfig, frame_interval: int, v11_compat: bool) -> _WalkPlan:
+    specs = config.specs
+    frame_counts = sorted({s.num_frames for s in specs if s.num_frames != 1})
+    image_level = len(frame_counts) + 1
+    fitting: list[list[list[int]]] = []  # [resolution][level] buckets that fit, in scan order
+    for resolution in config.resolutions:
+        indices = [i for i, s in enumerate(specs) if s.resolution == resolution]  # longest first
+        per_level = []
+        for level in range(image_level + 1):
+            allowed = {1} if level == image_level else set(frame_counts[:level])
+            here = [i for i in indices if specs[i].num_frames in allowed]
+            per_level.append(here[:1] if v11_compat else here)
+        fitting.append(per_level)
+    segments = []
+    for per_level in fitting:
+        cut = []
+        for here in per_level:
+            tries = []
+            for i in here:
+                if specs[i].keep_prob > 0.0:
+                    tries.append(i)
+                    if specs[i].keep_prob >= 1.0:
+                        break
+            cut.append(tuple(tries))
+        segments.append(tuple(cut))
+    any_fit = [
+        any(fitting[r][level] for r in range(first, len(config.resolutions)))
+        for first in range(len(config.resolutions) + 1)
+        for level in range(image_level + 1)
+    ]
+    group_of_keys: dict[tuple[str, ...], int] = {}
+    ratio_tables: list[AspectTable] = []
+    for name in config.resolutions:
+        keys = tuple(config.tables[name].ratio_keys)
+        if keys not in group_of_keys:
+            group_of_keys[keys] = len(ratio_tables)
+            ratio_tables.append(config.tables[name])
+    return _WalkPlan(
+        pixel_thresholds=tuple(config.tables[r].pixels * PIXEL_SLACK for r in config.resolutions),
+        frame_steps=tuple(t * int(frame_interval) for t in frame_counts),
+        segments=tuple(segments),
+        reason_if_dropped=np.where(any_fit, 2, 1).astype(np.int8),
+        ratio_tables=tuple(ratio_tables),
+        ratio_group=np.array([group_of_keys[tuple(config.tables[s.resolution].ratio_keys)] for s in specs]),
+    )
 
 
 def assign_arrays(
@@ -242,9 +382,15 @@ def assign_arrays(
     epoch: int = 0,
     v11_compat: bool = False,
     sample_ids: np.ndarray | None = None,
-    chunk_size: int = 1 << 16,
 ) -> Assignment:
-    """Vectorised bucket assignment over whole arrays (processed in chunks to bound memory)."""
+    """Vectorised bucket assignment over whole arrays.
+
+    Rows are grouped by profile (:class:`_WalkPlan`) and walk the resolutions level by level; a
+    keep-probability draw is computed only for the rows still unassigned at a bucket with
+    0 < keep_prob < 1. A draw at keep_prob 0 or 1 could not change the outcome (``u < 0`` never
+    holds, ``u < 1`` always), so the result equals drawing at every bucket tried, as
+    :func:`assign_one` does, with the same draws.
+    """
     num_frames = np.asarray(num_frames, dtype=np.int64)
     height = np.asarray(height, dtype=np.int64)
     width = np.asarray(width, dtype=np.int64)
@@ -254,44 +400,64 @@ def assign_arrays(
     if frame_interval < 1:
         raise ValueError(f"frame_interval must be >= 1, got {frame_interval}")
     _validate_sizes(num_frames, height, width)
-    ids = np.arange(n, dtype=np.uint64) if sample_ids is None else np.asarray(sample_ids, dtype=np.uint64)
-    _check_seed(seed, epoch)
-
+    if sample_ids is not None:
+        sample_ids = np.asarray(sample_ids, dtype=np.uint64)
+        if sample_ids.shape != (n,):
+            raise ValueError(f"sample_ids has shape {sample_ids.shape} for {n} rows")
+    base = np.uint64(_epoch_base(seed, epoch))
+    plan = config.walk_plan(frame_interval, v11_compat)
     specs = config.specs
-    k_frames = np.array([s.num_frames for s in specs], dtype=np.int64)
-    k_min_pixels = np.array([config.tables[s.resolution].pixels * PIXEL_SLACK for s in specs])
-    k_prob = np.array([s.keep_prob for s in specs])
-    k_keys = np.array([s.key for s in specs], dtype=np.uint64)
-    res_of = np.array([config.resolutions.index(s.resolution) for s in specs])
-    # group boundaries: buckets of one resolution are contiguous in scan order
-    group_start = np.array([np.flatnonzero(res_of == r)[0] for r in res_of])
 
+    profile = plan.profiles(num_frames, (height * width).astype(np.float64))
+    levels, resolutions = plan.levels, len(plan.segments)
+    count = np.bincount(profile, minlength=plan.reason_if_dropped.size)
+    order = np.argsort(profile, kind="stable")  # rows grouped by profile
+    group_end = np.cumsum(count)
+    ids = np.arange(n, dtype=np.uint64) if sample_ids is None else sample_ids
+    hashed = splitmix64(ids[order] ^ base)  # per-sample half of every draw, in `order`
+    # u < p  <=>  (bits >> 11) < ceil(p * 2**53): the integer form of the same comparison
+    keys = [np.uint64(s.key) for s in specs]
+    limits = [np.uint64(math.ceil(s.keep_prob * 2.0**53)) for s in specs]
     bucket = np.full(n, -1, dtype=np.int64)
-    reason_code = np.zeros(n, dtype=np.int8)  # 0 kept, 1 no bucket fits, 2 not drawn
-    for lo in range(0, n, chunk_size):
-        hi = min(n, lo + chunk_size)
-        t = num_frames[lo:hi, None]
-        hw = (height[lo:hi] * width[lo:hi]).astype(np.float64)[:, None]
-        is_image = t == 1
-        fits_frames = np.where(is_image, k_frames[None, :] == 1, (k_frames[None, :] != 1) & (t > k_frames * frame_interval))
-        candidate = (hw >= k_min_pixels[None, :]) & fits_frames
-        if v11_compat:
-            # 1.1 tries only the longest fitting frame count of each resolution
-            running = np.cumsum(candidate, axis=1)
-            before_group = np.where(group_start > 0, running[:, group_start - 1], 0)
-            candidate &= (running - before_group) == 1
-        accepted = candidate & (uniform_draws(seed, epoch, ids[lo:hi], k_keys) < k_prob[None, :])
-        has = accepted.any(axis=1)
-        bucket[lo:hi] = np.where(has, accepted.argmax(axis=1), -1)
-        reason_code[lo:hi] = np.where(has, 0, np.where(candidate.any(axis=1), 2, 1))
+    num_draws = 0
+    for level in range(levels):
+        rows = order[:0]
+        per_sample = hashed[:0]
+        for first in range(resolutions):  # rows of the resolutions above that drew nothing come along
+            p = first * levels + level
+            if count[p]:
+                group = slice(group_end[p] - count[p], group_end[p])
+                if rows.size:
+                    rows, per_sample = np.concatenate([rows, order[group]]), np.concatenate([per_sample, hashed[group]])
+                else:
+                    rows, per_sample = order[group], hashed[group]
+            for b in plan.segments[first][level]:
+                if not rows.size:
+                    break
+                if specs[b].keep_prob >= 1.0:
+                    bucket[rows] = b
+                    rows, per_sample = rows[:0], per_sample[:0]
+                    break
+                accepted = _draw_bits(per_sample, keys[b]) < limits[b]
+                num_draws += rows.size
+                bucket[rows[accepted]] = b
+                rejected = ~accepted
+                rows, per_sample = rows[rejected], per_sample[rejected]
 
+    kept = bucket >= 0
+    reason_code = plan.reason_if_dropped[profile]
+    reason_code[kept] = 0
     ratio = np.full(n, -1, dtype=np.int64)
-    for r, name in enumerate(config.resolutions):
-        rows = np.flatnonzero(np.isin(bucket, np.flatnonzero(res_of == r)))
-        if rows.size:
-            ratio[rows] = config.tables[name].closest_ratio_many(height[rows], width[rows])
-    reason = np.array(["", REASON_NO_FIT, REASON_NOT_DRAWN], dtype=object)[reason_code]
-    return Assignment(bucket=bucket, ratio=ratio, reason=reason)
+    kept_rows = np.flatnonzero(kept)
+    if len(plan.ratio_tables) == 1:
+        ratio[kept_rows] = plan.ratio_tables[0].closest_ratio_many(height[kept_rows], width[kept_rows])
+    else:
+        row_group = plan.ratio_group[bucket[kept_rows]]
+        for g, ratio_table in enumerate(plan.ratio_tables):
+            here = kept_rows[row_group == g]
+            if here.size:
+                ratio[here] = ratio_table.closest_ratio_many(height[here], width[here])
+    return Assignment(bucket=bucket, ratio=ratio, reason_code=reason_code, num_draws=num_draws)
 
 
 BUCKET_COLUMNS = [
@@ -307,43 +473,62 @@ BUCKET_COLUMNS = [
 ]
 
 
-def assignment_frame(assignment: Assignment, config: BucketConfig, index: pd.Index | None = None) -> pd.DataFrame:
-    """The bucket columns (:data:`BUCKET_COLUMNS`) for an :class:`Assignment`."""
-    labels, res_l, t_l, h_l, w_l, ar_l, bs_l = [], [], [], [], [], [], []
+@dataclass(frozen=True)
+class _ColumnLookups:
+    """The bucket columns' values for every (bucket, ratio) sub-bucket, in code order; the last entry
+    of each is missing (the code of a dropped row)."""
+
+    offsets: np.ndarray  # [buckets] code of a bucket's first ratio
+    strings: dict[str, pa.Array]
+    integers: dict[str, tuple[np.ndarray, np.ndarray]]  # column -> (values, missing)
+    reasons: pa.Array  # drop reason by reason code, then missing
+
+
+def _column_lookups(config: BucketConfig) -> _ColumnLookups:
+    strings: dict[str, list] = {"bucket_id": [], "bucket_resolution": [], "ar_key": []}
+    integers: dict[str, list] = {"bucket_num_frames": [], "bucket_height": [], "bucket_width": [], "batch_size": []}
     offsets = []
     for spec in config.specs:
-        table = config.tables[spec.resolution]
-        offsets.append(len(labels))
-        for key, (h, w) in table.ratios.items():
-            labels.append(f"{spec.resolution}/{spec.num_frames}/{key}")
-            res_l.append(spec.resolution)
-            t_l.append(spec.num_frames)
-            h_l.append(h)
-            w_l.append(w)
-            ar_l.append(key)
-            bs_l.append(spec.batch_size)
-    kept = assignment.bucket >= 0
-    code = np.full(assignment.bucket.shape, -1, dtype=np.int64)
-    code[kept] = np.asarray(offsets, dtype=np.int64)[assignment.bucket[kept]] + assignment.ratio[kept]
-
-    def column(values: list, dtype: str) -> pd.Series:
-        lookup = pd.array(values + [None], dtype=dtype)
-        return pd.Series(lookup.take(np.where(kept, code, len(values))), index=index)
-
-    return pd.DataFrame(
-        {
-            "bucket_id": column(labels, "string"),
-            "bucket_resolution": column(res_l, "string"),
-            "bucket_num_frames": column(t_l, "Int64"),
-            "bucket_height": column(h_l, "Int64"),
-            "bucket_width": column(w_l, "Int64"),
-            "ar_key": column(ar_l, "string"),
-            "keep": pd.Series(kept, index=index),
-            "batch_size": column(bs_l, "Int64"),
-            "drop_reason": pd.Series(pd.array(np.where(kept, None, assignment.reason), dtype="string"), index=index),
-        },
-        index=index,
+        offsets.append(len(strings["bucket_id"]))
+        for key, (h, w) in config.tables[spec.resolution].ratios.items():
+            strings["bucket_id"].append(f"{spec.resolution}/{spec.num_frames}/{key}")
+            strings["bucket_resolution"].append(spec.resolution)
+            strings["ar_key"].append(key)
+            for name, value in zip(integers, (spec.num_frames, h, w, spec.batch_size), strict=True):
+                integers[name].append(value)
+    return _ColumnLookups(
+        offsets=np.array(offsets, dtype=np.int64),
+        strings={name: pa.array([*values, None], type=pa.large_string()) for name, values in strings.items()},
+        integers={
+            name: (np.array([0 if v is None else v for v in values] + [0], dtype=np.int64),
+                   np.array([v is None for v in values] + [True]))
+            for name, values in integers.items()
+        },  # fmt: skip
+        reasons=pa.array([*_REASON_BY_CODE, None], type=pa.large_string()),
     )
+
+
+def assignment_frame(assignment: Assignment, config: BucketConfig, index: pd.Index | None = None) -> pd.DataFrame:
+    """The bucket columns (:data:`BUCKET_COLUMNS`) for an :class:`Assignment`."""
+    lookups = config.column_lookups()
+    kept = assignment.bucket >= 0
+    missing = len(lookups.strings["bucket_id"]) - 1
+    code = np.where(kept, lookups.offsets[np.maximum(assignment.bucket, 0)] + assignment.ratio, missing)
+    columns: dict[str, Any] = {}
+    for name in BUCKET_COLUMNS:
+        if name in lookups.strings:
+            # Arrow's take builds a string column without a Python object per row
+            columns[name] = pd.array(lookups.strings[name].take(code), dtype="string")
+        elif name in lookups.integers:
+            values, absent = lookups.integers[name]
+            columns[name] = pd.arrays.IntegerArray(values[code], absent[code])
+    columns["keep"] = kept
+    reason = np.where(kept, len(_REASON_BY_CODE), assignment.reason_code)
+    columns["drop_reason"] = pd.array(lookups.reasons.take(reason), dtype="string")
+    frame = pd.DataFrame({name: columns[name] for name in BUCKET_COLUMNS}, copy=False)
+    if index is not None:
+        frame.index = index
+    return frame
 
 
 def assign_buckets(
@@ -373,7 +558,8 @@ def assign_buckets(
         epoch=epoch,
         v11_compat=v11_compat,
     )
-    out = table.drop(columns=[c for c in BUCKET_COLUMNS if c in table.columns])
+    present = [c for c in BUCKET_COLUMNS if c in table.columns]
+    out = table.drop(columns=present) if present else table
     return pd.concat([out, assignment_frame(assignment, config, index=table.index)], axis=1)
 
 
@@ -427,7 +613,7 @@ def assign_buckets_reference(
     """Row-by-row counterpart of :func:`assign_buckets` (same output, a Python loop per row)."""
     bucket = np.full(len(table), -1, dtype=np.int64)
     ratio = np.full(len(table), -1, dtype=np.int64)
-    reason = np.full(len(table), "", dtype=object)
+    reason = np.zeros(len(table), dtype=np.int8)
     index_of = {(s.resolution, s.num_frames): i for i, s in enumerate(config.specs)}
     rows = zip(table["num_frames"], table["height"], table["width"], strict=True)
     for i, (t, h, w) in enumerate(rows):
@@ -436,13 +622,76 @@ def assign_buckets_reference(
             frame_interval=frame_interval, seed=seed, epoch=epoch, v11_compat=v11_compat,
         )  # fmt: skip
         if spec is None:
-            reason[i] = detail
+            reason[i] = _REASON_BY_CODE.index(detail)
         else:
             bucket[i] = index_of[(spec.resolution, spec.num_frames)]
             ratio[i] = config.tables[spec.resolution].ratio_keys.index(detail)
     out = table.drop(columns=[c for c in BUCKET_COLUMNS if c in table.columns])
     frame = assignment_frame(Assignment(bucket, ratio, reason), config, index=table.index)
     return pd.concat([out, frame], axis=1)
+
+
+class V11BucketWalk:
+    """Open-Sora 1.1's per-sample bucket walk (``Bucket.get_bucket_id``) with its data layout, for
+    comparing against: nested dicts in scan order, one call per sample, the nearest ratio found by
+    ``min`` over the ratio keys as strings.
+
+    The draw source is a parameter. :meth:`v11_draws` reproduces 1.1's: a fresh
+    ``numpy.random.default_rng(seed + epoch + sample_index * sub_buckets + bucket_index)`` per draw,
+    and no draw for a video bucket with keep probability 1. :meth:`hash_draws` gives this project's
+    counter-based draws, with which the walk equals ``assign_buckets(..., v11_compat=True)``.
+    """
+
+    def __init__(self, config: BucketConfig) -> None:
+        self.config = config
+        self.pixels = {r: config.tables[r].pixels for r in config.resolutions}
+        self.keep_prob: dict[str, dict[int, float]] = {r: {} for r in config.resolutions}
+        self.bucket_index: dict[str, dict[int, int]] = {r: {} for r in config.resolutions}
+        for i, spec in enumerate(config.specs):  # specs are in scan order: frames longest first
+            self.keep_prob[spec.resolution][spec.num_frames] = spec.keep_prob
+            self.bucket_index[spec.resolution][spec.num_frames] = i
+        self.ratios = {r: dict(config.tables[r].ratios) for r in config.resolutions}
+        # 1.1 spaced the seeds of consecutive samples by the number of (bucket, ratio) sub-buckets
+        self.sub_buckets = sum(len(config.tables[s.resolution].ratios) for s in config.specs)
+
+    def v11_draws(self, seed: int, epoch: int, sample_index: int):
+        base = seed + epoch + sample_index * self.sub_buckets
+
+        def draw(bucket: int) -> float:
+            return float(np.random.default_rng(base + bucket).random())
+
+        return draw
+
+    def hash_draws(self, seed: int, epoch: int, sample_index: int):
+        specs = self.config.specs
+
+        def draw(bucket: int) -> float:
+            return uniform_draw(seed, epoch, sample_index, specs[bucket].key)
+
+        return draw
+
+    def bucket_of(self, num_frames: int, height: int, width: int, frame_interval: int, draw) -> tuple | None:
+        """(resolution, frames, ratio key) of one sample, or None when it is dropped."""
+        pixels = height * width
+        for resolution, probs in self.keep_prob.items():
+            if pixels < self.pixels[resolution] * PIXEL_SLACK:
+                continue
+            if num_frames == 1:
+                # an image tries the 1-frame bucket only; a failed draw moves on to the next resolution
+                if 1 in probs and draw(self.bucket_index[resolution][1]) < probs[1]:
+                    return resolution, 1, self._closest_ratio(resolution, height, width)
+                continue
+            longest = next((t for t in probs if t != 1 and num_frames > t * frame_interval), None)
+            if longest is None:
+                continue
+            prob = probs[longest]
+            if prob == 1 or draw(self.bucket_index[resolution][longest]) < prob:
+                return resolution, longest, self._closest_ratio(resolution, height, width)
+        return None
+
+    def _closest_ratio(self, resolution: str, height: int, width: int) -> str:
+        aspect = height / width
+        return min(self.ratios[resolution], key=lambda key: abs(float(key) - aspect))
 
 
 # --------------------------------------------------------------------------------------------------
