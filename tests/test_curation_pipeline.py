@@ -69,7 +69,9 @@ def test_library_curation_and_rerun_skips_done_partitions(tmp_path, raw):
     assert scenes.groupby("source_path").size().tolist() == [2, 3]
     assert len(scored) == 5
     assert dropped["reason"].str.contains("shorter than min_seconds").sum() == 1
-    assert scored.loc[scored["clip_id"] == "b-s002-p00", "text"].item() == "Shot 2."  # the shot's own caption
+    b_clips = scored[scored["source_path"] == raw["path"][1]].set_index("scene_index")
+    assert b_clips.loc[2, "text"] == "Shot 2."  # the shot's own caption
+    assert b_clips.loc[2, "clip_id"].startswith("b-mp4-") and b_clips.loc[2, "clip_id"].endswith("-s002-p00")
     assert {"aes", "flow", "ocr", "match", "camera_motion", "aes_method", "source_path"} <= set(scored.columns)
     mtimes = {p: os.stat(p).st_mtime_ns for p in scored["path"]}
 
@@ -82,8 +84,12 @@ def test_library_curation_and_rerun_skips_done_partitions(tmp_path, raw):
     _, rescored, _, steps = _curate(raw, replace(config, scoring=replace(config.scoring, stride=2)))
     assert [(s.computed, s.reused) for s in steps] == [(0, 2), (0, 2), (2, 0)]
     assert len(rescored) == 5
-    # a changed source file is redone, the other one is not
+    # keys are content-addressed: touching a file changes nothing, new bytes redo that file only
     os.utime(raw["path"][0], ns=(1, 1))
+    _, _, _, steps = _curate(raw, config)
+    assert [(s.computed, s.reused) for s in steps] == [(0, 2), (0, 2), (0, 2)]
+    _video(raw["path"][0], [(ShotSpec("red", "circle", "navy", "left", "quickly"), 24),
+                            (ShotSpec("yellow", "square", "gray", "up", "quickly"), 50)])
     _, _, _, steps = _curate(raw, config)
     assert [(s.computed, s.reused) for s in steps] == [(1, 1), (1, 1), (1, 1)]
     # deleted clip files make the cut partition invalid: it is redone
@@ -91,6 +97,29 @@ def test_library_curation_and_rerun_skips_done_partitions(tmp_path, raw):
         Path(p).unlink()
     _, _, _, steps = _curate(raw, config)
     assert steps[1].computed == 1 and all(Path(p).exists() for p in scored["path"])
+
+
+def test_moved_data_root_reuses_every_partition_and_keeps_new_paths(tmp_path, raw):
+    config = _config(tmp_path)
+    _, scored, _, _ = _curate(raw, config)
+    shutil.copytree(tmp_path / "src", tmp_path / "moved")
+    moved = raw.assign(path=raw["path"].str.replace(str(tmp_path / "src"), str(tmp_path / "moved"), regex=False))
+    _, again, _, steps = _curate(moved, config)
+    assert [(s.computed, s.reused) for s in steps] == [(0, 2), (0, 2), (0, 2)]
+    assert set(again["source_path"]) == set(moved["path"])  # today's paths, not the cached ones
+    pd.testing.assert_frame_equal(again.drop(columns=["source_path"]), scored.drop(columns=["source_path"]))
+
+
+def test_edited_caption_reaches_the_clips_without_recutting(tmp_path, raw):
+    config = _config(tmp_path)
+    _, scored, _, _ = _curate(raw, config)
+    edited = raw.copy()
+    edited.loc[1, "text"] = "shot 0; then shot 1; then a heron lands on the jetty"
+    _, again, _, steps = _curate(edited, config)
+    assert [(s.computed, s.reused) for s in steps[:2]] == [(0, 2), (0, 2)]  # no re-cut for a caption
+    b = again[again["source_path"] == raw["path"][1]].set_index("scene_index")["text"]
+    assert b[2] == "A heron lands on the jetty." and b[0] == "Shot 0."
+    assert set(again["path"]) == set(scored["path"])
 
 
 def test_process_pool_gives_the_same_tables(tmp_path, raw):
@@ -208,17 +237,16 @@ def test_kedro_ingestion_then_curation(project):
     assert {p: os.stat(p).st_mtime_ns for p in clips["path"]} == mtimes
 
 
-def test_content_fingerprint_ignores_mtime_but_not_bytes(tmp_path):
-    from opensora_mlops.config import ConfigError
+def test_content_fingerprint_ignores_mtime_and_path_but_not_bytes(tmp_path):
     from opensora_mlops.curation.partitions import file_fingerprint
 
     path = tmp_path / "v.bin"
     path.write_bytes(b"abc")
-    by_content, by_stat = file_fingerprint(path, "content"), file_fingerprint(path, "stat")
+    before = file_fingerprint(path)
+    assert before.startswith("sha256:")
     os.utime(path, ns=(10, 10))
-    assert file_fingerprint(path, "content") == by_content and file_fingerprint(path, "stat") != by_stat
+    (tmp_path / "copy.bin").write_bytes(b"abc")
+    assert file_fingerprint(path) == before == file_fingerprint(tmp_path / "copy.bin")
     path.write_bytes(b"abd")
-    assert file_fingerprint(path, "content") != by_content
-    assert file_fingerprint(tmp_path / "missing.mp4").endswith("|missing")
-    with pytest.raises(ConfigError, match="fingerprint"):
-        file_fingerprint(path, "mtime")
+    assert file_fingerprint(path) != before
+    assert file_fingerprint(tmp_path / "missing.mp4") == "missing"

@@ -128,7 +128,7 @@ def test_score_decodes_once_and_matches_the_individual_measures(tmp_path):
     assert row["aes"] == scorer.aesthetic(clip) and row["flow"] == scorer.flow(clip)
     assert row["ocr"] == scorer.ocr(clip) and row["camera_motion"] == scorer.camera(clip)
     assert math.isnan(row["match"]) and row["match_method"] == "unavailable"
-    assert row["aes_method"].startswith("classical") and row["ocr_method"] == "text-area"
+    assert row["aes_method"].startswith("classical") and row["ocr_method"] == "ppocrv4-det-area"
     assert row == scorer.score_path(tmp_path / "c.mp4", "a yellow circle") or math.isnan(row["match"])
 
 

@@ -2,17 +2,22 @@
 
 Each scene becomes one or more clips: scenes shorter than ``min_seconds`` are dropped (with the reason
 recorded), longer than ``max_seconds`` are split into near-equal parts (or truncated, 1.1's behaviour).
-The source is decoded once with PyAV, frames counted in decode order (the same numbering PySceneDetect
-uses), optionally resized so the shorter side is ``shorter_side``, and every clip re-encoded as H.264
-with :func:`opensora_mlops.data.video_io.write_video`. A decode failure part way through keeps the
-clips finished before it and reports the others with the reason.
+The source is decoded once with PyAV, frames numbered in presentation order exactly as scene
+detection numbers them (:func:`opensora_mlops.curation.frames.iter_frames`; a variable-frame-rate source
+is re-timed to its constant rate first), optionally resized so the shorter side is ``shorter_side``,
+and every clip re-encoded as H.264 with :func:`opensora_mlops.data.video_io.write_video`. A clip file
+is written under a hidden temporary name and renamed when complete, so a killed run never leaves a
+half-written clip under a real name. A decode failure part way through keeps the clips finished before
+it and reports the others with the reason.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ from PIL import Image
 
 from opensora_mlops.config import ConfigError, strict_dataclass
 from opensora_mlops.curation.errors import CurationInputError
+from opensora_mlops.curation.frames import iter_frames
 from opensora_mlops.curation.scenes import IMAGE_SUFFIXES, Scene
 from opensora_mlops.data.video_io import write_video
 
@@ -164,23 +170,54 @@ def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def clip_name(source: str | Path, plan: ClipPlan) -> str:
-    return f"{Path(source).stem}-s{plan.scene_index:03d}-p{plan.part_index:02d}"
+PARTIAL_MARK = ".partial-"
+
+
+def source_label(source: str | Path) -> str:
+    """``<stem>-<container>``: clip names of ``clip.mkv`` and ``clip.mov`` differ."""
+    path = Path(source)
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem)[:40] or "video"
+    return f"{stem}-{path.suffix.lstrip('.').lower() or 'none'}"
+
+
+def clip_name(source: str | Path, plan: ClipPlan, label: str | None = None) -> str:
+    """``<label>-s<scene>-p<part>``; ``label`` defaults to :func:`source_label` (curation adds a
+    content hash to it, so same-named files in different folders differ too)."""
+    return f"{label or source_label(source)}-s{plan.scene_index:03d}-p{plan.part_index:02d}"
+
+
+def _finish(tmp: Path, final: Path) -> Path:
+    os.replace(tmp, final)  # atomic on one file system: the clip appears complete or not at all
+    return final
+
+
+def _partial(out_dir: Path, name: str, suffix: str) -> Path:
+    return out_dir / f".{name}{PARTIAL_MARK}{os.getpid()}{suffix}"
+
+
+def remove_partials(out_dir: Path) -> None:
+    """Delete temporary clip files a killed run left behind."""
+    for stale in out_dir.glob(f".*{PARTIAL_MARK}*"):
+        stale.unlink(missing_ok=True)
 
 
 def cut_clips(
-    source: str | Path, plans: Sequence[ClipPlan], out_dir: str | Path, config: ClipConfig
+    source: str | Path, plans: Sequence[ClipPlan], out_dir: str | Path, config: ClipConfig, *,
+    retime_fps: Fraction | None = None, label: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Write one file per plan under ``out_dir``; returns (clip rows, failed plans with reasons).
 
+    ``retime_fps``: the source is variable-frame-rate; plans number its frames re-timed to this
+    constant rate (as :func:`opensora_mlops.curation.scenes.detect_scenes` did with ``vfr=True``).
     Clip rows hold ``path, clip_id, scene_index, part_index, frame_start, frame_end, scene_start,
     scene_end, num_frames, height, width, aspect_ratio, fps, resolution, duration``.
     """
     source = Path(source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_partials(out_dir)
     if source.suffix.lower() in IMAGE_SUFFIXES:
-        return _cut_image(source, plans, out_dir, config)
+        return _cut_image(source, plans, out_dir, config, label)
     pending = sorted(plans, key=lambda p: p.frame_start)
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -190,28 +227,23 @@ def cut_clips(
     size: tuple[int, int] | None = None
     error: str | None = None
     try:
-        with av.open(str(source)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                frame_index += 1
-                while current < len(pending) and frame_index >= pending[current].frame_end:
-                    current += 1  # only reachable for overlapping plans, which plan_clips never makes
+        for frame_index, image in iter_frames(source, "rgb24", retime_fps):
+            while current < len(pending) and frame_index >= pending[current].frame_end:
+                current += 1  # only reachable for overlapping plans, which plan_clips never makes
+            if current >= len(pending):
+                break
+            plan = pending[current]
+            if frame_index < plan.frame_start:
+                continue
+            if size is None:
+                size = target_size(image.shape[0], image.shape[1], config.shorter_side)
+            buffer.append(_resize(image, size))
+            if frame_index == plan.frame_end - 1:
+                rows.append(_write_clip(source, plan, np.stack(buffer), out_dir, config, label))
+                buffer = []
+                current += 1
                 if current >= len(pending):
                     break
-                plan = pending[current]
-                if frame_index < plan.frame_start:
-                    continue
-                image = frame.to_ndarray(format="rgb24")
-                if size is None:
-                    size = target_size(image.shape[0], image.shape[1], config.shorter_side)
-                buffer.append(_resize(image, size))
-                if frame_index == plan.frame_end - 1:
-                    rows.append(_write_clip(source, plan, np.stack(buffer), out_dir, config))
-                    buffer = []
-                    current += 1
-                    if current >= len(pending):
-                        break
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         error = f"decode failed after frame {frame_index}: {type(exc).__name__}: {exc}"
     for plan in pending[current:]:
@@ -224,10 +256,11 @@ def cut_clips(
 
 
 def _write_clip(
-    source: Path, plan: ClipPlan, frames: np.ndarray, out_dir: Path, config: ClipConfig
+    source: Path, plan: ClipPlan, frames: np.ndarray, out_dir: Path, config: ClipConfig, label: str | None
 ) -> dict[str, Any]:
-    name = clip_name(source, plan)
-    path = write_video(out_dir / f"{name}.mp4", frames, plan.fps, crf=config.crf)
+    name = clip_name(source, plan, label)
+    tmp = write_video(_partial(out_dir, name, ".mp4"), frames, plan.fps, crf=config.crf)
+    path = _finish(Path(tmp), out_dir / f"{name}.mp4")
     t, h, w, _ = frames.shape
     return _clip_row(path, name, plan, t, h, w)
 
@@ -254,7 +287,7 @@ def _clip_row(path: Path, name: str, plan: ClipPlan, t: int, h: int, w: int) -> 
 
 
 def _cut_image(
-    source: Path, plans: Sequence[ClipPlan], out_dir: Path, config: ClipConfig
+    source: Path, plans: Sequence[ClipPlan], out_dir: Path, config: ClipConfig, label: str | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows, failed = [], []
     for plan in plans:
@@ -267,8 +300,9 @@ def _cut_image(
             continue
         size = target_size(array.shape[0], array.shape[1], config.shorter_side)
         array = _resize(array, size)
-        name = clip_name(source, plan)
-        path = out_dir / f"{name}.png"
-        Image.fromarray(array).save(path)
+        name = clip_name(source, plan, label)
+        tmp = _partial(out_dir, name, ".png")
+        Image.fromarray(array).save(tmp)
+        path = _finish(tmp, out_dir / f"{name}.png")
         rows.append(_clip_row(path, name, plan, 1, array.shape[0], array.shape[1]))
     return rows, failed

@@ -1,9 +1,11 @@
 """Per-stage clip filters: score and size thresholds from ``parameters_curation.yml``.
 
 Each training stage (1: low resolution / many clips, 2 and 3: higher quality) gets its own filtered
-table from the same scored clip table; a clip dropped by a stage is listed with every reason. A score
-whose method is "unavailable" (e.g. ``match`` without CLIP weights) is NaN and does not filter — the
-stage table says so in its ``*_method`` columns. Filtered tables keep every column.
+table from the same scored clip table; a clip dropped by a stage is listed with every reason and with
+``decided_by``, the measure and method behind each failed bound ("aes:classical-…;
+ocr:ppocrv4-det-area"). A score whose method is "unavailable" (e.g.
+``match`` without CLIP weights) is NaN and does not filter — the stage table says so in its
+``*_method`` columns. Filtered tables keep every column.
 """
 
 from __future__ import annotations
@@ -68,9 +70,11 @@ def _fmt(value: float) -> str:
 _VIDEO_ONLY = frozenset({"duration", "num_frames", "flow"})
 
 
-def filter_reasons(clips: pd.DataFrame, stage: StageFilter) -> pd.Series:
-    """Per row, "" when the clip passes, else the failed bounds joined by "; "."""
+def filter_reasons(clips: pd.DataFrame, stage: StageFilter, deciders: list[list[str]] | None = None) -> pd.Series:
+    """Per row, "" when the clip passes, else the failed bounds joined by "; ". ``deciders`` (when given)
+    gets, per row, "<score>:<method>" for each failed bound on a measured score."""
     reasons: list[list[str]] = [[] for _ in range(len(clips))]
+    deciders = deciders if deciders is not None else [[] for _ in range(len(clips))]
     is_image = (clips["num_frames"].to_numpy() <= 1) if "num_frames" in clips.columns else np.zeros(len(clips), bool)
     if not stage.keep_images:
         for i in np.flatnonzero(is_image):
@@ -86,14 +90,18 @@ def filter_reasons(clips: pd.DataFrame, stage: StageFilter) -> pd.Series:
         for i, value in enumerate(values):
             if column in _VIDEO_ONLY and is_image[i]:
                 continue
+            failed = None
             if math.isnan(value):
                 if methods is not None and methods.iloc[i] == "unavailable":
                     continue
-                reasons[i].append(f"{column} is NaN")
+                failed = f"{column} is NaN"
             elif kind == "min" and value < bound:
-                reasons[i].append(f"{column} {_fmt(value)} < {name} {_fmt(bound)}")
+                failed = f"{column} {_fmt(value)} < {name} {_fmt(bound)}"
             elif kind == "max" and value > bound:
-                reasons[i].append(f"{column} {_fmt(value)} > {name} {_fmt(bound)}")
+                failed = f"{column} {_fmt(value)} > {name} {_fmt(bound)}"
+            if failed:
+                reasons[i].append(failed)
+                deciders[i].append(f"{column}:{methods.iloc[i]}" if methods is not None else column)
     if stage.camera_motion_exclude:
         for i, motion in enumerate(clips["camera_motion"]):
             if motion in stage.camera_motion_exclude:
@@ -102,8 +110,10 @@ def filter_reasons(clips: pd.DataFrame, stage: StageFilter) -> pd.Series:
 
 
 def apply_stage_filter(clips: pd.DataFrame, stage: StageFilter, stage_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(kept clips with every column, dropped clips with ``stage`` and ``reason``)."""
-    reasons = filter_reasons(clips, stage)
+    """(kept clips with every column, dropped clips with ``stage``, ``reason`` and ``decided_by``)."""
+    deciders: list[list[str]] = [[] for _ in range(len(clips))]
+    reasons = filter_reasons(clips, stage, deciders)
     keep = reasons == ""
-    dropped = clips[~keep].assign(stage=stage_name, reason=reasons[~keep])
+    decided = pd.Series(["; ".join(d) for d in deciders], index=clips.index, dtype="object")
+    dropped = clips[~keep].assign(stage=stage_name, reason=reasons[~keep], decided_by=decided[~keep])
     return clips[keep].reset_index(drop=True), dropped.reset_index(drop=True)

@@ -1,11 +1,13 @@
 """Partition-by-partition curation: one partition per source video, cached, optionally in parallel.
 
-Each curation step (scenes, clips, scores) maps a per-video function over the videos. Its result for
-one video is stored as a Parquet partition ``<root>/<step>/<stem>-<key>.parquet`` (rows kept) plus
-``…-<key>.dropped.parquet`` (rows quarantined, with ``reason``), where ``key`` hashes the video's
-fingerprint (absolute path + size + mtime, or its content hash) and the parameters of this step and of
-every step before it. A re-run with the same file and parameters loads the partition instead of
-recomputing it; a changed file or parameter gives a new key, so stale partitions are never read.
+Each curation step (scenes, clips, captions, scores) maps a per-video function over the videos. Its
+result for one video is stored as a Parquet partition ``<root>/<step>/<name>-<key>.parquet`` (rows kept)
+plus ``…-<key>.dropped.parquet`` (rows quarantined, with ``reason``). The key is content-addressed: it
+hashes the video's bytes (SHA-256, :func:`file_fingerprint`), every parameter and input that changes the
+step's output, the step's code (:func:`code_version`: the source of its modules and the versions of the
+libraries doing the work) and the key of the step before it — never an absolute path or an mtime, so
+a moved data root reuses its partitions and an edited file, parameter or caption is recomputed. The
+partitions hold no absolute paths either: the caller attaches the current ones after loading.
 
 :func:`run_partitioned` maps the work over a ``concurrent.futures.ProcessPoolExecutor`` with
 ``workers`` processes (1 = in process). Work functions and their arguments are plain picklable data.
@@ -14,6 +16,9 @@ recomputing it; a changed file or parameter gives a new key, so stale partitions
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.metadata
+import inspect
 import json
 import multiprocessing
 import os
@@ -28,26 +33,58 @@ from tqdm.auto import tqdm
 
 from opensora_mlops.config import ConfigError
 
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}  # per process: each file is read once per run
 
-def file_fingerprint(path: str | Path, mode: str = "stat") -> str:
-    """Identity of a source file's content: "stat" (absolute path, size, mtime) or "content" (SHA-1).
 
-    A missing file gets a fingerprint too (its name), so it can be quarantined like any bad input.
-    """
+def file_fingerprint(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's bytes; ``missing`` when it cannot be read (so a bad input is
+    quarantined like any other). Memoised per process by (path, size, mtime, inode) only to avoid
+    re-reading a file within one run; the fingerprint itself depends on the content alone."""
     path = Path(path)
-    if mode not in {"stat", "content"}:
-        raise ConfigError(f"curation.partitions.fingerprint must be 'stat' or 'content', got {mode!r}")
     try:
-        if mode == "content":
-            digest = hashlib.sha1()
+        stat = path.stat()
+        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if memo not in _DIGESTS:
+            digest = hashlib.sha256()
             with path.open("rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
-            return f"{path.resolve()}|sha1:{digest.hexdigest()}"
-        stat = path.stat()
-        return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+            _DIGESTS[memo] = f"sha256:{digest.hexdigest()}"
+        return _DIGESTS[memo]
     except OSError:
-        return f"{path.resolve()}|missing"
+        return "missing"
+
+
+def files_fingerprint(path: str | Path | None) -> str | None:
+    """Content fingerprint of a weights file or of every file in a weights directory (relative names
+    and bytes); None for None."""
+    if path is None:
+        return None
+    root = Path(path)
+    if root.is_dir():
+        parts = [(str(f.relative_to(root)), file_fingerprint(f)) for f in sorted(root.rglob("*")) if f.is_file()]
+        return params_hash(parts)
+    return file_fingerprint(root)
+
+
+_CODE: dict[tuple[str, ...], str] = {}
+
+
+def code_version(modules: tuple[str, ...], distributions: tuple[str, ...] = ()) -> str:
+    """Hash of the source of ``modules`` and the installed versions of ``distributions``: a cached
+    result is redone when the code that made it changes."""
+    key = (*modules, "|", *distributions)
+    if key not in _CODE:
+        parts = []
+        for name in modules:
+            parts.append(inspect.getsource(importlib.import_module(name)))
+        for dist in distributions:
+            try:
+                parts.append(f"{dist}=={importlib.metadata.version(dist)}")
+            except importlib.metadata.PackageNotFoundError:
+                parts.append(f"{dist} not installed")
+        _CODE[key] = params_hash(parts)
+    return _CODE[key]
 
 
 def params_hash(*parts: Any) -> str:
@@ -105,12 +142,14 @@ class PartitionTask:
 
 @dataclass
 class PartitionRun:
-    """Result of :func:`run_partitioned`: concatenated tables and what was computed vs reused."""
+    """Result of :func:`run_partitioned`: concatenated tables, each task's own, and what was computed vs
+    reused."""
 
     kept: pd.DataFrame
     dropped: pd.DataFrame
     computed: list[str]
     reused: list[str]
+    parts: dict[str, tuple[pd.DataFrame, pd.DataFrame]]
 
 
 WorkFn = Callable[[Mapping[str, Any]], tuple[pd.DataFrame, pd.DataFrame]]
@@ -128,22 +167,23 @@ def run_partitioned(
     store: PartitionStore,
     workers: int = 1,
     desc: str = "partitions",
-    is_valid: Callable[[pd.DataFrame], bool] | None = None,
+    is_valid: Callable[[PartitionTask, pd.DataFrame], bool] | None = None,
     progress: bool = True,
 ) -> PartitionRun:
     """Compute the partitions not stored yet (in ``workers`` processes), then load all of them.
 
-    ``is_valid(kept)`` may reject a stored partition (e.g. its clip files were deleted): it is redone.
+    ``is_valid(task, kept)`` may reject a stored partition (e.g. its clip files were deleted): it is redone.
     """
     if workers < 1:
         raise ConfigError(f"curation.partitions.workers must be >= 1, got {workers}")
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
+        # callers de-duplicate their inputs (same content = one partition); this is a bug guard
         raise ValueError(f"duplicate partition names in {desc}: the same video is listed twice")
     todo, reused = [], []
     for task in tasks:
         stored = store.load(task.name)
-        if stored is not None and (is_valid is None or is_valid(stored[0])):
+        if stored is not None and (is_valid is None or is_valid(task, stored[0])):
             reused.append(task.name)
         else:
             todo.append(task)
@@ -164,14 +204,15 @@ def run_partitioned(
                 future.result()
                 bar.update()
     bar.close()
-    kept_parts, dropped_parts = [], []
+    kept_parts, dropped_parts, parts = [], [], {}
     for task in tasks:
         stored = store.load(task.name)
         if stored is None:  # pragma: no cover - only if the disk lost a file we just wrote
             raise RuntimeError(f"partition {task.name} of {desc} missing after computing it")
         kept_parts.append(stored[0])
         dropped_parts.append(stored[1])
-    return PartitionRun(_concat(kept_parts), _concat(dropped_parts), [t.name for t in todo], reused)
+        parts[task.name] = stored
+    return PartitionRun(_concat(kept_parts), _concat(dropped_parts), [t.name for t in todo], reused, parts)
 
 
 def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:

@@ -10,6 +10,16 @@ Frame counts: container headers lie (0 for many MKV/WebM files, stale after a ba
 default ``count_frames="decode"`` decodes every frame — which also catches truncated files whose
 header promises more frames than the data holds. ``"header"`` trusts a positive header count (fast,
 for very large corpora) and still decodes the first frame.
+
+Frame timing: frames are counted in presentation order and their timestamps kept
+(:mod:`opensora_mlops.curation.frames`). ``frame_jitter`` is the spread of the frame intervals
+(5th-95th percentile over the median); above ``vfr_jitter`` the video is variable-frame-rate
+(``vfr`` true) and is either re-timed (``vfr: retime``: ``fps`` becomes the constant rate curation
+re-times it to and ``num_frames`` the re-timed count) or quarantined (``vfr: quarantine``). In
+``"header"`` mode the timestamps come from the demuxed packets instead of decoded frames.
+
+A still image under a video name (a PNG called ``clip.mp4``) is quarantined: FFmpeg would read it as a
+one-frame 25 fps "video".
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +39,15 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from opensora_mlops.config import ConfigError, strict_dataclass
+from opensora_mlops.curation.frames import (
+    IMAGE_FORMATS,
+    constant_rate,
+    decode_timed,
+    describe_intervals,
+    frame_jitter,
+    rate_fraction,
+    retime_map,
+)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -43,9 +63,12 @@ REASON_NO_FRAMES = "no decodable frames"
 REASON_BAD_IMAGE = "not a readable image"
 REASON_BAD_DIMENSIONS = "absurd dimensions"
 REASON_BAD_FPS = "absurd fps"
+REASON_IMAGE_AS_VIDEO = "image file with a video suffix"
+REASON_VFR = "variable frame rate"
 
 METADATA_COLUMNS = [
     "path", "text", "num_frames", "height", "width", "aspect_ratio", "fps", "resolution", "duration", "source",
+    "vfr", "frame_jitter",
 ]
 QUARANTINE_COLUMNS = ["path", "reason", "detail", "stage"]
 PROBE_STAGE = "ingestion.probe"
@@ -58,7 +81,9 @@ class ProbeConfig:
     ``count_frames``: "decode" (count every frame; detects truncation) or "header" (trust a positive
     container count). Files whose shorter/longer side is outside [``min_side``, ``max_side``] px, or
     whose fps is not in (0, ``max_fps``], are quarantined. A decoded count below the header's by more
-    than ``truncation_tolerance`` (fraction, at least 2 frames) marks a truncated file.
+    than ``truncation_tolerance`` (fraction, at least 2 frames) marks a truncated file. A video whose
+    frame jitter exceeds ``vfr_jitter`` is variable-frame-rate: ``vfr`` "retime" (re-timed to a constant
+    rate by curation, counted here as it will be) or "quarantine".
     """
 
     count_frames: str = "decode"
@@ -67,6 +92,8 @@ class ProbeConfig:
     max_fps: float = 240.0
     truncation_tolerance: float = 0.02
     num_workers: int = 1
+    vfr: str = "retime"
+    vfr_jitter: float = 0.5
 
     def __post_init__(self) -> None:
         if self.count_frames not in {"decode", "header"}:
@@ -79,6 +106,10 @@ class ProbeConfig:
             raise ConfigError(f"ingestion.probe.truncation_tolerance must be in [0, 1), got {self.truncation_tolerance}")
         if self.num_workers < 1:
             raise ConfigError(f"ingestion.probe.num_workers must be >= 1, got {self.num_workers}")
+        if self.vfr not in {"retime", "quarantine"}:
+            raise ConfigError(f"ingestion.probe.vfr must be 'retime' or 'quarantine', got {self.vfr!r}")
+        if not self.vfr_jitter > 0:
+            raise ConfigError(f"ingestion.probe.vfr_jitter must be > 0, got {self.vfr_jitter}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> ProbeConfig:
@@ -100,6 +131,8 @@ class MediaInfo:
     height: int
     width: int
     fps: float  # NaN for still images
+    vfr: bool = False  # variable frame rate, re-timed to ``fps`` by curation
+    frame_jitter: float = 0.0
 
     @property
     def duration(self) -> float:
@@ -157,6 +190,17 @@ def _iso_bmff_truncation(path: Path) -> str | None:
     return None
 
 
+def _packet_times(path: Path) -> list[Fraction]:
+    """Presentation times of every video packet, sorted (header mode: timing without decoding)."""
+    with av.open(str(path), metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        base = Fraction(stream.time_base) if stream.time_base else None
+        if base is None:
+            return []
+        pts = [int(p.pts) for p in container.demux(stream) if p.pts is not None and p.size]
+    return [Fraction(v) * base for v in sorted(pts)]
+
+
 def _probe_video(path: Path, cfg: ProbeConfig) -> MediaInfo:
     try:
         container = av.open(str(path), metadata_errors="ignore")
@@ -169,7 +213,11 @@ def _probe_video(path: Path, cfg: ProbeConfig) -> MediaInfo:
         if not container.streams.video:
             raise ProbeFailure(REASON_NO_VIDEO_STREAM, f"streams: {[s.type for s in container.streams]}")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if container.format.name in IMAGE_FORMATS:
+            kind = stream.codec_context.name.upper()
+            raise ProbeFailure(REASON_IMAGE_AS_VIDEO, f"a {kind} still image (FFmpeg format "
+                               f"{container.format.name!r}) named {path.suffix}; rename it with its image suffix "
+                               "to use it as a still image")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
         header_frames = int(stream.frames or 0)
@@ -178,12 +226,14 @@ def _probe_video(path: Path, cfg: ProbeConfig) -> MediaInfo:
             _check_dimensions(height, width, cfg)
         decoded = 0
         rotation = 0
+        times: list[Fraction | None] = []
         try:
-            for frame in container.decode(stream):
+            for _, frame, seconds in decode_timed(container):
                 if decoded == 0:
                     rotation = int(getattr(frame, "rotation", 0) or 0)
                     height, width = frame.height, frame.width
                 decoded += 1
+                times.append(seconds)
                 if cfg.count_frames == "header" and header_frames > 0:
                     break
         except av.FFmpegError as exc:
@@ -194,6 +244,10 @@ def _probe_video(path: Path, cfg: ProbeConfig) -> MediaInfo:
         raise ProbeFailure(REASON_NO_FRAMES, f"header says {header_frames} frames, none decoded")
     if cfg.count_frames == "header" and header_frames > 0:
         num_frames = header_frames
+        try:
+            times = _packet_times(path)
+        except av.FFmpegError:
+            times = []
     else:
         num_frames = decoded
         slack = max(2, int(cfg.truncation_tolerance * header_frames))
@@ -201,7 +255,17 @@ def _probe_video(path: Path, cfg: ProbeConfig) -> MediaInfo:
             raise ProbeFailure(REASON_TRUNCATED, f"header says {header_frames} frames, only {decoded} decode")
     if abs(rotation) % 180 == 90:  # phone footage: stored landscape, displayed portrait
         height, width = width, height
-    return MediaInfo(num_frames, height, width, fps)
+    jitter = frame_jitter(times)
+    vfr = jitter > cfg.vfr_jitter and None not in times
+    if vfr:
+        if cfg.vfr == "quarantine":
+            raise ProbeFailure(REASON_VFR, f"{describe_intervals(times)}, frame jitter {jitter:.2f} > "
+                               f"vfr_jitter {cfg.vfr_jitter:g}; set ingestion.probe.vfr: retime to re-time "
+                               "it to a constant frame rate")
+        # the count curation will cut from: the re-timed constant-rate sequence
+        target = rate_fraction(float(constant_rate(times, cfg.max_fps)))
+        num_frames, fps = len(retime_map(times, target)), float(target)
+    return MediaInfo(num_frames, height, width, fps, bool(vfr), float(jitter))
 
 
 def probe_media(path: str | Path, cfg: ProbeConfig | None = None) -> MediaInfo:
@@ -239,8 +303,9 @@ def metadata_frame(rows: list[Mapping[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(list(rows), columns=METADATA_COLUMNS)
     for col in ("num_frames", "height", "width", "resolution"):
         df[col] = df[col].astype("int64")
-    for col in ("aspect_ratio", "fps", "duration"):
+    for col in ("aspect_ratio", "fps", "duration", "frame_jitter"):
         df[col] = df[col].astype("float64")
+    df["vfr"] = df["vfr"].fillna(False).astype("bool")
     for col in ("path", "text", "source"):
         df[col] = df[col].astype("str")
     return df
@@ -265,6 +330,8 @@ def _record(path: str, info: MediaInfo, source: str, text: Any) -> dict[str, Any
         "resolution": info.height * info.width,
         "duration": info.duration,
         "source": source,
+        "vfr": bool(info.vfr),
+        "frame_jitter": float(info.frame_jitter),
     }
 
 
@@ -315,5 +382,6 @@ def summarize(metadata: pd.DataFrame, quarantine: pd.DataFrame, candidates: int 
         "total_video_frames": int(videos["num_frames"].sum()),
         "total_video_seconds": float(np.nansum(videos["duration"].to_numpy(dtype=float))),
         "captioned": int(metadata["text"].notna().sum()),
+        "variable_frame_rate_retimed": int(metadata["vfr"].sum()) if "vfr" in metadata.columns else 0,
         "by_source": dict(sorted(Counter(metadata["source"]).items())),
     }

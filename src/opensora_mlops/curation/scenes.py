@@ -52,8 +52,9 @@ class SceneDetectionConfig:
             raise ConfigError(f"curation.scenes.window_width must be >= 1, got {self.window_width}")
         if self.downscale < 0:
             raise ConfigError(f"curation.scenes.downscale must be >= 0, got {self.downscale}")
-        if self.backend not in {"pyav", "opencv"}:
-            raise ConfigError(f"curation.scenes.backend must be 'pyav' or 'opencv', got {self.backend!r}")
+        if self.backend != "pyav":
+            # cutting decodes with PyAV; detecting with another decoder could number frames differently
+            raise ConfigError(f"curation.scenes.backend must be 'pyav' (the decoder cutting uses), got {self.backend!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> SceneDetectionConfig:
@@ -107,43 +108,78 @@ def _detector(config: SceneDetectionConfig):
     )
 
 
-def detect_scenes(path: str | Path, config: SceneDetectionConfig | None = None) -> list[Scene]:
+def _downscale_factor(height: int, width: int, config: SceneDetectionConfig) -> float:
+    """PySceneDetect's automatic factor (frames shrunk to about 256 px on the longer side) or the set one."""
+    if config.downscale:
+        return float(config.downscale)
+    longest = max(height, width)
+    return longest / 256.0 if longest >= 256 else 1.0
+
+
+def detect_scenes(path: str | Path, config: SceneDetectionConfig | None = None, *, fps: float | None = None,
+                  vfr: bool = False) -> list[Scene]:
     """Detect the shots of a video file; a still image is one scene of one frame.
+
+    Frames are numbered in presentation order as decoded (never timestamp x rate), the numbering
+    cutting uses. ``fps`` is the rate the scenes' seconds use (default: the stream's average rate).
+    ``vfr``: the source is variable-frame-rate and is re-timed to ``fps`` (required then): cuts are
+    found on the decoded frames and moved to the first re-timed frame showing the new shot.
 
     Raises :class:`CurationInputError` naming the file when it cannot be opened or decoded.
     """
-    from scenedetect import SceneManager, open_video
+    import av
+    import cv2
+    from scenedetect import FrameTimecode
+
+    from opensora_mlops.curation.frames import decode_timed, map_cut, rate_fraction, retime_map
 
     config = config or SceneDetectionConfig()
     path = Path(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return [Scene(index=0, frame_start=0, frame_end=1, fps=0.0)]
+    if vfr and not (fps and fps > 0):
+        raise CurationInputError(f"{path}: a variable-frame-rate source needs the fps to re-time it to")
+    detector = _detector(config)
+    cuts: list[int] = []
+    times = []
+    total = 0
     try:
-        # PyAV backend: keep FFmpeg's log output off (PySceneDetect would restore FFmpeg's default
-        # callback, after which every later H.264 encode in this process prints its statistics)
-        extra = {"suppress_output": True} if config.backend == "pyav" else {}
-        video = open_video(str(path), backend=config.backend, **extra)
-        fps = float(video.frame_rate)
-        manager = SceneManager()
-        if config.downscale:
-            manager.auto_downscale = False
-            manager.downscale = config.downscale
-        manager.add_detector(_detector(config))
-        manager.detect_scenes(video)
-        scene_list = manager.get_scene_list(start_in_scene=True)
-        total = int(video.frame_number)
-    except Exception as exc:  # PySceneDetect and its decoders raise many types; the reason goes to quarantine
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = fps if fps and fps > 0 else float(stream.average_rate or stream.guessed_rate or 0)
+            if not rate > 0:
+                raise CurationInputError(f"{path}: scene detection found no frame rate (fps={rate})")
+            factor = None
+            for index, frame, seconds in decode_timed(container):
+                image = frame.to_ndarray(format="bgr24")  # PySceneDetect's detectors expect BGR
+                if factor is None:
+                    factor = _downscale_factor(image.shape[0], image.shape[1], config)
+                if factor > 1.0:
+                    size = (max(1, round(image.shape[1] / factor)), max(1, round(image.shape[0] / factor)))
+                    image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+                cuts += [int(c.frame_num) for c in detector.process_frame(FrameTimecode(index, rate), image)]
+                times.append(seconds)
+                total = index + 1
+            if total:
+                cuts += [int(c.frame_num) for c in detector.post_process(FrameTimecode(total - 1, rate))]
+    except CurationInputError:
+        raise
+    except Exception as exc:  # PyAV and the detectors raise many types; the reason goes to quarantine
         raise CurationInputError(f"{path}: scene detection failed: {type(exc).__name__}: {exc}") from exc
-    if not fps > 0:
-        raise CurationInputError(f"{path}: scene detection found no frame rate (fps={fps})")
-    if not scene_list:
-        if total <= 0:
-            raise CurationInputError(f"{path}: no decodable frames")
-        return [Scene(index=0, frame_start=0, frame_end=total, fps=fps)]
-    scenes = [
-        Scene(index=i, frame_start=int(start.frame_num), frame_end=int(end.frame_num), fps=fps)
-        for i, (start, end) in enumerate(scene_list)
-    ]
+    if total <= 0:
+        raise CurationInputError(f"{path}: no decodable frames")
+    bounds = sorted({c for c in cuts if 0 < c < total})
+    if vfr:
+        try:
+            shown = retime_map(times, rate_fraction(rate))
+        except ValueError as exc:
+            raise CurationInputError(f"{path}: cannot re-time: {exc}") from exc
+        bounds = sorted({map_cut(c, shown) for c in bounds})
+        total = len(shown)
+        bounds = [b for b in bounds if 0 < b < total]
+    edges = [0, *bounds, total]
+    scenes = [Scene(index=i, frame_start=a, frame_end=b, fps=float(rate))
+              for i, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))]
     return [s for s in scenes if s.num_frames > 0]
 
 

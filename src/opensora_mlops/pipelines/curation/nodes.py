@@ -11,6 +11,8 @@ import pandas as pd
 
 from opensora_mlops.curation.curate import (
     CurationConfig,
+    EmptyCurationError,
+    check_input_table,
     dropped_frame,
     run_captions,
     run_clips,
@@ -29,8 +31,11 @@ def _config(params: dict[str, Any]) -> CurationConfig:
 
 
 def detect_scenes(raw_metadata: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per detected scene of every readable source; bad sources quarantined."""
-    scenes, dropped, step = run_scenes(raw_metadata, _config(params))
+    """One row per detected scene of every readable source; bad sources quarantined. The input table
+    passes the ``raw_metadata`` contract first (ContractError with a report otherwise)."""
+    config = _config(params)
+    check_input_table(raw_metadata, config.contracts_dir)
+    scenes, dropped, step = run_scenes(raw_metadata, config)
     log.info("scene detection: %d scenes in %d videos (%d computed, %d reused), %d quarantined",
              len(scenes), raw_metadata.shape[0], step.computed, step.reused, len(dropped))
     return scenes, dropped
@@ -46,9 +51,25 @@ def cut_clips(
     return clips, dropped
 
 
-def caption_clips(clip_table: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Captions from the source table (per shot) or a local VLM, cleaned; every column kept."""
-    return run_captions(clip_table, _config(params))
+def _reasons(*dropped: pd.DataFrame, top: int = 5) -> str:
+    parts = [d for d in dropped if len(d)]
+    if not parts:
+        return "no reasons recorded"
+    counts = pd.concat(parts, ignore_index=True)["reason"].map(lambda r: str(r).split(": ", 1)[-1][:90])
+    return "; ".join(f"{n} x {reason}" for reason, n in counts.value_counts().head(top).items())
+
+
+def caption_clips(clip_table: pd.DataFrame, params: dict[str, Any], scene_dropped: pd.DataFrame | None = None,
+                  cut_dropped: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Captions from the source table (per shot) or a local VLM, cleaned; every column kept. Stops with
+    one message when no clip was cut at all, or when no clip can get a caption."""
+    if clip_table.empty:
+        raise EmptyCurationError(f"curation cut no clip from the input videos ({_reasons(scene_dropped, cut_dropped)}); "
+                                 "check curation.clips (min_seconds, limits) and the sources in raw_metadata")
+    captioned, dropped = run_captions(clip_table, _config(params))
+    methods = captioned["text_method"].value_counts().to_dict() if len(captioned) else {}
+    log.info("captions: %d clips captioned (%s), %d without a caption dropped", len(captioned), methods, len(dropped))
+    return captioned, dropped
 
 
 def score_clips(captioned_clips: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -57,6 +78,8 @@ def score_clips(captioned_clips: pd.DataFrame, params: dict[str, Any]) -> tuple[
     scored, dropped, step = run_scores(captioned_clips, config)
     log.info("scoring: %d clips (%d partitions computed, %d reused), %d dropped",
              len(scored), step.computed, step.reused, len(dropped))
+    if scored.empty:
+        raise EmptyCurationError(f"scoring could read none of the {len(captioned_clips)} clips ({_reasons(dropped)})")
     validate_clips(scored, config.contracts_dir, CLIP_SUITE, name="clip_metadata")
     return scored, dropped
 
@@ -102,10 +125,26 @@ def curation_report(
         if len(quarantine) else [],
         "methods": {c: sorted(clip_metadata[c].astype(str).unique())
                     for c in clip_metadata.columns if c.endswith("_method")},
+        # which measure (and method) made each stage drop clips: "aes:classical-…" -> count
+        "dropped_by_scorer": _deciders(quarantine),
+        "caption_sources": {str(k): int(v) for k, v in clip_metadata["text_method"].value_counts().items()}
+        if "text_method" in clip_metadata.columns else {},
+        "variable_frame_rate_sources": int(raw_metadata["vfr"].sum()) if "vfr" in raw_metadata.columns else 0,
     }
     if config.ground_truth and Path(config.ground_truth).exists():
         report["cut_detection"] = cut_detection_against_truth(scene_table, config.ground_truth)
     return report
+
+
+def _deciders(quarantine: pd.DataFrame) -> dict[str, dict[str, int]]:
+    if not len(quarantine) or "decided_by" not in quarantine.columns:
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for stage, decided in zip(quarantine["stage"], quarantine["decided_by"], strict=True):
+        for item in filter(None, str(decided).split("; ")):
+            out.setdefault(str(stage), {}).setdefault(item, 0)
+            out[str(stage)][item] += 1
+    return {stage: dict(sorted(v.items())) for stage, v in sorted(out.items())}
 
 
 def cut_detection_against_truth(scene_table: pd.DataFrame, ground_truth: str, tolerance: int = 1) -> dict[str, Any]:

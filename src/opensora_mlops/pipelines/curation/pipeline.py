@@ -29,7 +29,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="detect_scenes"),
             node(nodes.cut_clips, ["raw_metadata", "curation.scene_table", params],
                  ["curation.clip_table", "curation.cut_dropped"], name="cut_clips"),
-            node(nodes.caption_clips, ["curation.clip_table", params],
+            node(nodes.caption_clips, ["curation.clip_table", params, "curation.scene_dropped", "curation.cut_dropped"],
                  ["curation.captioned_clips", "curation.caption_dropped"], name="caption_clips"),
             node(nodes.score_clips, ["curation.captioned_clips", params], ["clip_metadata", "curation.score_dropped"],
                  name="score_clips"),
