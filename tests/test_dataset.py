@@ -22,6 +22,7 @@ from opensora_mlops.data.dataset import (
     cover_size,
     decode_video_frames,
     temporal_crop_indices,
+    tiled_window_indices,
     worker_init_fn,
 )
 from opensora_mlops.data.sampler import SampleKey, VariableVideoBatchSampler
@@ -117,6 +118,28 @@ def test_temporal_crop_indices(total, frames, interval, seed):
 
 
 @settings(max_examples=200, deadline=None)
+@given(total=st.integers(1, 400), frames=st.integers(1, 16), interval=st.integers(1, 4), seed=st.integers(0, 99),
+       max_windows=st.one_of(st.none(), st.integers(1, 6)))
+def test_tiled_windows_are_every_non_overlapping_window(total, frames, interval, seed, max_windows):
+    if total < frames:
+        return
+    windows = tiled_window_indices(total, frames, interval, np.random.default_rng(seed), max_windows)
+    span = frames * interval
+    expected = max(1, total // span) if max_windows is None else min(max_windows, max(1, total // span))
+    assert windows.shape == (expected, frames)
+    flat = windows.reshape(-1)
+    assert flat[0] >= 0 and flat[-1] < total and np.all(np.diff(flat) >= 1)  # increasing: no overlap
+    for window in windows:
+        # each window is what a temporal crop of that start gives
+        assert window[-1] - window[0] < span
+        assert np.array_equal(window, np.linspace(window[0], min(window[0] + span, total) - 1, frames).astype(np.int64))
+    if total >= span:
+        assert np.all(np.diff(windows[:, 0]) == span)  # back to back, one common offset
+    with pytest.raises(ValueError, match="max_windows"):
+        tiled_window_indices(total, frames, interval, np.random.default_rng(seed), 0)
+
+
+@settings(max_examples=200, deadline=None)
 @given(h=st.integers(8, 4000), w=st.integers(8, 4000), th=st.integers(8, 1000), tw=st.integers(8, 1000))
 def test_cover_size_covers_and_keeps_aspect(h, w, th, tw):
     sh, sw = cover_size(h, w, th, tw)
@@ -161,6 +184,26 @@ def test_broken_file_is_logged_and_replaced_from_the_same_bucket(clips, caplog):
     only_broken = clip_table(clips).iloc[[3]]
     with pytest.raises(RuntimeError, match="no loadable sample for bucket 144p/8/0.50.*broken.mp4"):
         VideoBucketDataset(only_broken, root=clips)[SampleKey(0, 8, H, W, "144p/8/0.50")]
+
+
+def test_windows_of_a_clip_are_decoded_in_one_pass(clips, caplog):
+    ds = VideoBucketDataset(clip_table(clips), frame_interval=2, root=clips, seed=4)
+    windows = ds.windows(SampleKey(0, 8, H, W, "144p/8/0.50"))
+    assert len(windows) == N // 16 == 5  # 90 frames, windows of 8 frames at interval 2
+    starts = [int(w["frame_indices"][0]) for w in windows]
+    assert np.all(np.diff(starts) == 16) and 0 <= starts[0] <= N - 5 * 16
+    for window in windows:
+        assert window["video"].shape == (3, 8, H, W) and window["fps"] == FPS and window["text"] == "clip a"
+        frames = ((window["video"].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+        assert [read_number(f) for f in frames] == window["frame_indices"].tolist()
+    assert len(ds.windows(SampleKey(0, 8, H, W, "144p/8/0.50"), max_windows=2)) == 2
+    # an image is one window; a broken clip is replaced by a clip of its bucket, as ds[key] does
+    (still,) = ds.windows(SampleKey(2, 1, 144, 256, "144p/1/0.56"))
+    assert still["fps"] == IMAGE_FPS and still["video"].shape == (3, 1, 144, 256)
+    with caplog.at_level(logging.WARNING, logger="opensora_mlops.data.dataset"):
+        replaced = ds.windows(SampleKey(3, 8, H, W, "144p/8/0.50"))
+    assert "broken.mp4" in caplog.text and len(replaced) == 5
+    assert {w["row"] for w in replaced} <= {0, 1} and replaced[0]["text"] in ("clip a", "clip b")
 
 
 def _starts(ds, key, batches, epoch=0):

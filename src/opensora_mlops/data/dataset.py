@@ -8,6 +8,11 @@ before the first needed frame and decodes forward until the last needed one, con
 needed frames, already scaled by swscale so that they cover the bucket size; the centre crop
 follows. Images are one frame (T = 1).
 
+:meth:`VideoBucketDataset.load_windows` instead tiles the clip with every non-overlapping window of
+``T · frame_interval`` frames (at a random common offset) and returns one sample per window, decoded
+in one pass: what the latent cache stores, so that training on cached latents still sees different
+windows of a clip (a 2–3 s clip holds 3–5 windows of 8 frames at interval 2).
+
 Randomness comes from a per-worker generator: :func:`worker_init_fn` seeds numpy, ``random``, torch
 and the dataset's generator from (base seed, epoch, rank, worker id), so two workers never draw the
 same crops (1.1 left numpy unseeded per worker; fix #5).
@@ -47,6 +52,17 @@ class DecodeError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # frame selection and decoding
 # --------------------------------------------------------------------------------------------------
+def window_indices(begin: int, total_frames: int, num_frames: int, frame_interval: int) -> np.ndarray:
+    """Indices of ``num_frames`` evenly spaced frames in the window of ``num_frames·frame_interval``
+    frames that starts at ``begin`` (cut at the clip's end)."""
+    if total_frames < 1 or num_frames < 1:
+        raise ValueError(f"need positive frame counts, got total {total_frames}, wanted {num_frames}")
+    end = min(begin + num_frames * frame_interval, total_frames)
+    if end - begin < num_frames:
+        raise DecodeError(f"clip has {total_frames} frames, fewer than the {num_frames} a sample needs")
+    return np.linspace(begin, end - 1, num_frames).astype(np.int64)
+
+
 def temporal_crop_indices(
     total_frames: int, num_frames: int, frame_interval: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -55,10 +71,26 @@ def temporal_crop_indices(
         raise ValueError(f"need positive frame counts, got total {total_frames}, wanted {num_frames}")
     span = num_frames * frame_interval
     begin = int(rng.integers(0, max(0, total_frames - span - 1) + 1))
-    end = min(begin + span, total_frames)
-    if end - begin < num_frames:
-        raise DecodeError(f"clip has {total_frames} frames, fewer than the {num_frames} a sample needs")
-    return np.linspace(begin, end - 1, num_frames).astype(np.int64)
+    return window_indices(begin, total_frames, num_frames, frame_interval)
+
+
+def tiled_window_indices(
+    total_frames: int, num_frames: int, frame_interval: int, rng: np.random.Generator,
+    max_windows: int | None = None,
+) -> np.ndarray:
+    """Every non-overlapping window of ``num_frames·frame_interval`` frames that fits in the clip (at
+    most ``max_windows``, the first ones), all shifted by one random offset within the slack:
+    [K, num_frames] indices, increasing across windows too. A clip shorter than one window gives one
+    (cut) window, as :func:`temporal_crop_indices` does."""
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"max_windows must be >= 1, got {max_windows}")
+    span = num_frames * frame_interval
+    count = max(1, total_frames // span)
+    if max_windows is not None:
+        count = min(count, int(max_windows))
+    offset = int(rng.integers(0, max(0, total_frames - count * span) + 1))
+    return np.stack([window_indices(offset + k * span, total_frames, num_frames, frame_interval)
+                     for k in range(count)])
 
 
 def cover_size(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int]:
@@ -246,42 +278,59 @@ class VideoBucketDataset(torch.utils.data.Dataset):
             )  # fmt: skip
         return SampleKey(*key) if len(key) == 5 else SampleKey(*key, "")
 
-    def load(self, key: SampleKey) -> dict[str, Any]:
-        """Load one sample for a bucket, without the failure fallback."""
+    def _read_frames(self, key: SampleKey, indices: np.ndarray | None) -> tuple[np.ndarray, float, np.ndarray]:
+        """uint8 frames [N, H, W, 3] at the bucket size, the fps and the indices (drawn if None)."""
         path = self._path(key.row)
         row = self.table.iloc[key.row]
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             if key.num_frames != 1:
                 raise DecodeError(f"{path}: an image cannot fill a {key.num_frames}-frame bucket")
             with Image.open(path) as image:
-                frames = np.asarray(image.convert("RGB"))[None]
-            frames = resize_crop(frames, key.height, key.width)
-            fps, indices = IMAGE_FPS, np.zeros(1, dtype=np.int64)
-        else:
+                frames = np.array(image.convert("RGB"))[None]  # a writable copy (torch wants one)
+            return resize_crop(frames, key.height, key.width), IMAGE_FPS, np.zeros(1, dtype=np.int64)
+        if indices is None:
             if key.num_frames == 1:
                 indices = np.array([int(self.rng.integers(0, max(1, int(self._frames[key.row]))))])
             else:
                 indices = temporal_crop_indices(
                     int(self._frames[key.row]), key.num_frames, self.frame_interval, self.rng
                 )
-            src_h, src_w = int(row["height"]), int(row["width"])
-            size = cover_size(src_h, src_w, key.height, key.width)
-            frames, fps = decode_video_frames(path, indices, size=size)
-            if frames.shape[1:3] != size:  # the file's size differs from the table's
-                frames = resize_crop(frames, key.height, key.width)
-            frames = np.ascontiguousarray(_centre_crop(frames, key.height, key.width))
+        src_h, src_w = int(row["height"]), int(row["width"])
+        size = cover_size(src_h, src_w, key.height, key.width)
+        frames, fps = decode_video_frames(path, indices, size=size)
+        if frames.shape[1:3] != size:  # the file's size differs from the table's
+            frames = resize_crop(frames, key.height, key.width)
+        return np.ascontiguousarray(_centre_crop(frames, key.height, key.width)), fps, np.asarray(indices)
+
+    def _sample(self, key: SampleKey, frames: np.ndarray, fps: float, indices: np.ndarray) -> dict[str, Any]:
         return {
             "video": to_model_range(frames),
-            "text": str(row["text"]),
+            "text": str(self.table.iloc[key.row]["text"]),
             "num_frames": key.num_frames,
             "height": key.height,
             "width": key.width,
             "ar": key.height / key.width,  # H/W (fix #1)
             "fps": float(fps),  # the clip's own fps, as 1.1 fed it (not divided by frame_interval)
-            "path": str(path),
+            "path": str(self._path(key.row)),
             "row": key.row,
-            "frame_indices": torch.from_numpy(indices),
+            "frame_indices": torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64)),
         }
+
+    def load(self, key: SampleKey) -> dict[str, Any]:
+        """Load one sample for a bucket (a random window), without the failure fallback."""
+        frames, fps, indices = self._read_frames(key, None)
+        return self._sample(key, frames, fps, indices)
+
+    def load_windows(self, key: SampleKey, max_windows: int | None = None) -> list[dict[str, Any]]:
+        """One sample per non-overlapping window of the clip (:func:`tiled_window_indices`; an image:
+        its one frame), decoded in one pass, without the failure fallback."""
+        if self._path(key.row).suffix.lower() in IMAGE_EXTENSIONS:
+            return [self.load(key)]
+        windows = tiled_window_indices(int(self._frames[key.row]), key.num_frames, self.frame_interval, self.rng,
+                                       max_windows)
+        frames, fps, _ = self._read_frames(key, windows.reshape(-1))
+        t = key.num_frames
+        return [self._sample(key, frames[k * t : (k + 1) * t], fps, windows[k]) for k in range(len(windows))]
 
     def _replacement(self, key: SampleKey) -> int | None:
         """Another row for the same bucket: first rows the table put there, else rows big enough."""
@@ -299,12 +348,12 @@ class VideoBucketDataset(torch.utils.data.Dataset):
         rows = rows[~np.isin(rows, list(self._failed | {key.row}))]
         return int(self.rng.choice(rows)) if rows.size else None
 
-    def __getitem__(self, index: SampleKey | Sequence[Any] | int) -> dict[str, Any]:
-        key = self._key(index)
+    def _with_fallback(self, key: SampleKey, load: Any) -> Any:
+        """``load(key)``; a file that fails is logged and replaced by another row of the same bucket."""
         errors = []
         for _ in range(self.max_retries + 1):
             try:
-                return self.load(key)
+                return load(key)
             except (DecodeError, av.error.FFmpegError, OSError, ValueError) as error:
                 errors.append(f"{self._path(key.row)}: {error}")
                 self._failed.add(key.row)
@@ -317,6 +366,14 @@ class VideoBucketDataset(torch.utils.data.Dataset):
                     break
                 key = key._replace(row=replacement)
         raise RuntimeError(f"no loadable sample for bucket {key.bucket_id}: " + "; ".join(errors[-3:]))
+
+    def __getitem__(self, index: SampleKey | Sequence[Any] | int) -> dict[str, Any]:
+        return self._with_fallback(self._key(index), self.load)
+
+    def windows(self, index: SampleKey | Sequence[Any] | int, max_windows: int | None = None) -> list[dict[str, Any]]:
+        """:meth:`load_windows` with the failure fallback of ``__getitem__`` (a replacement row's
+        samples carry that row's ``row``, ``path`` and ``text``)."""
+        return self._with_fallback(self._key(index), lambda key: self.load_windows(key, max_windows))
 
 
 def worker_init_fn(worker_id: int) -> None:

@@ -1,0 +1,172 @@
+"""Latent cache windows: every non-overlapping window of a clip is cached, and training takes a
+different one of them each epoch (resumable, deterministic)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from opensora_mlops.curation.synthetic import generate_corpus
+from opensora_mlops.data.buckets import BucketConfig, assign_buckets
+from opensora_mlops.data.sampler import VariableVideoBatchSampler
+from opensora_mlops.training.latents import (
+    INDEX_FILE,
+    TENSORS_FILE,
+    CachedBatches,
+    LatentCache,
+    build_stage_caches,
+    window_of,
+    write_latent_cache,
+)
+
+FRAMES, INTERVAL = 4, 2  # bucket of 4 frames at interval 2: windows of 8 source frames
+CONFIG = BucketConfig({"144p": {1: [1.0, 2], FRAMES: [1.0, 2]}})
+
+
+class PoolingVAE:
+    """A deterministic stand-in encoder: 8x8 average pooling of the RGB frames (latent = what the
+    frames show, so windows of a moving shape give different latents)."""
+
+    latent_channels = 3
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = video.shape
+        frames = video.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        pooled = torch.nn.functional.avg_pool2d(frames, 8, ceil_mode=True)
+        return pooled.reshape(b, t, c, *pooled.shape[-2:]).permute(0, 2, 1, 3, 4)
+
+
+class HashText:
+    """Captions to fixed embeddings (one per word position) and masks."""
+
+    output_dim, model_max_length = 4, 12
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = torch.zeros(len(texts), self.model_max_length, self.output_dim)
+        mask = torch.zeros(len(texts), self.model_max_length, dtype=torch.long)
+        for i, text in enumerate(texts):
+            for j, word in enumerate(text.split()[: self.model_max_length]):
+                emb[i, j] = torch.tensor([(hash(word) >> k) % 7 for k in range(self.output_dim)], dtype=torch.float32)
+                mask[i, j] = 1
+        return emb, mask
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Four single-shot clips of 18-30 frames at 144x256 and a still image, as a stage's bucket table."""
+    root = tmp_path_factory.mktemp("corpus")
+    cfg = {"seed": 2, "num_single_shot": 4, "single_shot_sizes": [[144, 256]],
+           "single_shot_duration_seconds": [0.75, 1.0], "num_videos": 0, "num_large": 0, "num_images": 1,
+           "sizes": [[144, 256]], "defects": {}}
+    videos = generate_corpus(root, cfg, progress=False)
+    table = pd.DataFrame([{"path": str(root / v.path), "text": v.caption, "num_frames": v.num_frames,
+                           "height": v.height, "width": v.width, "fps": v.fps or 0.0} for v in videos])
+    stage = assign_buckets(table, CONFIG, frame_interval=INTERVAL, seed=0)
+    assert stage["keep"].all()
+    return stage, stage["num_frames"].tolist()
+
+
+def test_window_of_visits_every_window_once_per_cycle():
+    for k in (1, 2, 5):
+        for row in range(4):
+            for cycle in range(3):
+                seen = [window_of(7, cycle * k + e, row, k) for e in range(k)]
+                assert sorted(seen) == list(range(k))
+    assert window_of(7, 3, 2, 5) == window_of(7, 3, 2, 5)  # a function of its arguments only
+    orders = {tuple(window_of(7, e, row, 5) for e in range(5)) for row in range(20)}
+    assert len(orders) > 5  # clips do not share one order
+
+
+def test_stage_cache_holds_every_window_and_training_cycles_through_them(clips, tmp_path):
+    stage, total_frames = clips
+    manifest = build_stage_caches(stage, tmp_path / "cache", PoolingVAE(), HashText(),
+                                  frame_interval=INTERVAL, seed=3)  # fmt: skip
+    cache = LatentCache(manifest["train_dir"])
+    span = FRAMES * INTERVAL
+    is_image = cache.index["bucket_num_frames"].to_numpy() == 1
+    expected = np.where(is_image, 1, [n // span for n in total_frames])
+    assert cache.num_windows.tolist() == expected.tolist() and expected[~is_image].min() >= 2
+    assert manifest["num_train_windows"] == expected.sum() == cache.meta["num_windows"]
+    for row in range(len(cache)):
+        frames = cache.tensors[f"frames.{row}"]
+        latents = cache.tensors[f"latent.{row}"]
+        assert latents.shape[:3] == (expected[row], 3, cache.index["bucket_num_frames"].iloc[row])
+        if not is_image[row]:
+            flat = frames.reshape(-1)
+            assert torch.all(flat[1:] > flat[:-1]) and int(flat[-1]) < total_frames[row]  # no overlap
+            assert torch.all(frames[1:, 0] - frames[:-1, 0] == span)
+            # a moving shape: the windows of a clip show different frames
+            assert not torch.allclose(latents[0], latents[1])
+    # the cache's batches: each clip at the window its epoch picks, all of them over K epochs
+    sampler = VariableVideoBatchSampler(cache.index, CONFIG, seed=5, reassign_each_epoch=False)
+    batches = CachedBatches(cache, sampler)
+    per_epoch = len(sampler)
+    stream = iter(batches)
+    seen: dict[int, set] = {}
+    planner = VariableVideoBatchSampler(cache.index, CONFIG, seed=5, reassign_each_epoch=False)
+    for epoch in range(int(expected.max())):
+        planner.set_epoch(epoch)
+        plan = planner.plan()
+        for rows in plan.batches:
+            batch = next(stream)
+            for i, row in enumerate(rows):
+                window = window_of(5, epoch, int(row), int(expected[row]))
+                torch.testing.assert_close(batch["x"][i], cache.latent(int(row), window))
+                seen.setdefault(int(row), set()).add(window)
+        assert len(plan.batches) == per_epoch
+    assert all(seen[r] == set(range(expected[r])) for r in range(len(cache)) if expected[r] == expected.max())
+
+
+def test_cached_batches_resume_at_the_same_windows(clips, tmp_path):
+    stage, _ = clips
+    manifest = build_stage_caches(stage, tmp_path / "cache", PoolingVAE(), HashText(), frame_interval=INTERVAL)
+    cache = LatentCache(manifest["train_dir"])
+    def fresh():
+        return CachedBatches(cache, VariableVideoBatchSampler(cache.index, CONFIG, seed=1, reassign_each_epoch=False))
+
+    straight = fresh()
+    stream = iter(straight)
+    reference = [next(stream)["x"] for _ in range(7)]  # crosses into later epochs
+    interrupted = fresh()
+    stream = iter(interrupted)
+    for _ in range(4):
+        next(stream)
+    resumed = fresh()
+    resumed.load_state_dict(interrupted.state_dict())
+    stream = iter(resumed)
+    for expected in reference[4:]:
+        torch.testing.assert_close(next(stream)["x"], expected)
+
+
+def test_write_latent_cache_takes_tensors_samples_and_window_lists(tmp_path):
+    table = pd.DataFrame({"path": ["a", "b"], "text": ["one two", "three"], "fps": [24.0, 30.0],
+                          "bucket_id": ["b", "b"], "bucket_num_frames": [2, 2], "bucket_height": [16, 16],
+                          "bucket_width": [16, 16]})  # fmt: skip
+    windows = {0: [torch.full((3, 2, 16, 16), v) for v in (-0.5, 0.0, 0.5)], 1: torch.full((3, 2, 16, 16), 0.25)}
+    directory = write_latent_cache(tmp_path / "c", table, lambda key: windows[key.row], PoolingVAE().encode,
+                                   HashText().encode, {"stage": "x"}, batch_size=2)
+    cache = LatentCache(directory)
+    assert cache.num_windows.tolist() == [3, 1]
+    assert [float(cache.latent(0, w).mean()) for w in range(3)] == pytest.approx([-0.5, 0.0, 0.5])
+    batch = cache.get([0, 1], [2, 0])
+    first = cache.get([0, 1])["x"]
+    assert batch["x"].shape == (2, 3, 2, 2, 2) and batch["x"][:, 0, 0, 0, 0].tolist() == pytest.approx([0.5, 0.25])
+    assert cache.get([0])["x"][0, 0, 0, 0, 0] == pytest.approx(-0.5)  # window 0 by default
+    with pytest.raises(IndexError, match="1 window"):
+        cache.get([1], [1])
+    with pytest.raises(ValueError, match="2 rows but 1 windows"):
+        cache.get([0, 1], [0])
+    # a cache written before windows (one 4-D latent per clip, no num_windows column) still reads
+    tensors = load_file(str(directory / TENSORS_FILE))
+    tensors = {k: (v[0] if k.startswith("latent.") else v) for k, v in tensors.items()}
+    save_file(tensors, str(directory / TENSORS_FILE))
+    pd.read_parquet(directory / INDEX_FILE).drop(columns=["num_windows"]).to_parquet(directory / INDEX_FILE)
+    old = LatentCache(directory)
+    assert old.num_windows.tolist() == [1, 1]
+    torch.testing.assert_close(old.get([0, 1])["x"], first)
+    assert json.loads((directory / "meta.json").read_text())["num_windows"] == 4
