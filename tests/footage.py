@@ -217,15 +217,23 @@ def variable_times(intervals_ms: list[tuple[int, float]]) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(gaps[:-1])])
 
 
-def flat_shots(colours: list[tuple[int, int, int]], lengths: list[int], size: tuple[int, int] = (72, 96),
-               seed: int = 0) -> np.ndarray:
-    """Shots of a textured, moving scene in distinct colours: which shot a decoded frame belongs to is
-    told by its mean colour; the texture gives the scene detector real content."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    parts = []
-    for colour, n in zip(colours, lengths, strict=True):
-        texture = rng.uniform(-25, 25, (h, w + n * 2, 1))
-        for i in range(n):
-            parts.append(np.clip(np.asarray(colour, np.float64) + texture[:, 2 * i: 2 * i + w], 0, 255).astype(np.uint8))
-    return np.stack(parts)
+SHOT_BACKGROUNDS = ("navy", "gray", "maroon", "black")
+
+
+def shot_sequence(lengths: list[int], size: tuple[int, int] = (72, 96), fps: float = 30.0) -> np.ndarray:
+    """Shots (at most four) of the synthetic corpus's moving shapes, each on its own background
+    (:data:`SHOT_BACKGROUNDS` in order): :func:`shot_of` tells which shot a decoded frame shows."""
+    from opensora_mlops.curation.synthetic import ShotSpec, render_shot
+
+    shapes = ("circle", "square", "triangle", "circle")
+    parts = [render_shot(ShotSpec("yellow" if i % 2 else "cyan", shapes[i], SHOT_BACKGROUNDS[i], "right", "slowly"),
+                         *size, n, fps, (size[0] / 3, size[1] / 2)) for i, n in enumerate(lengths)]
+    return np.concatenate(parts)
+
+
+def shot_of(frame: np.ndarray) -> int:
+    """Index of the shot of :func:`shot_sequence` a frame shows: its background, the median colour."""
+    from opensora_mlops.curation.synthetic import BACKGROUNDS
+
+    median = np.median(frame.reshape(-1, 3), axis=0)
+    return int(np.argmin([np.abs(median - np.asarray(BACKGROUNDS[name])).sum() for name in SHOT_BACKGROUNDS]))

@@ -83,7 +83,7 @@ def test_pipeline_writes_validated_tables_and_summaries(tmp_path, monkeypatch):
         assert table.loc[table["height"] == 100, "drop_reason"].eq("no_bucket_fits").all()  # too small
         # the stored assignment is what the sampler would draw for epoch 0
         spec = StageBucketing.from_params(bucketing["stages"][stage])
-        sampler = VariableVideoBatchSampler(table, spec.bucket_config, frame_interval=1, seed=42)
+        sampler = VariableVideoBatchSampler(table, spec.bucket_config, frame_interval=spec.frame_interval, seed=42)
         for batch in sampler:
             assert all(table["bucket_id"].iloc[k.row] == k.bucket_id for k in batch)
         summary = pd.read_csv(tmp_path / f"data/08_reporting/bucketing/{stage}_bucket_summary.csv")
@@ -129,3 +129,63 @@ def test_parameters_are_strict():
     bad["stages"]["stage1"]["bucket_config"]["140p"] = {"1": [1.0, 2]}
     with pytest.raises(ConfigError, match=r"unknown resolution '140p'; valid resolutions are: 144p"):
         nodes.parse_params(bad, "stage1")
+
+
+def _bucket_table(tmp_path, counts: dict[tuple[str, int], int], batch: dict[tuple[str, int], int]) -> pd.DataFrame:
+    """A kept-only bucket table: ``counts[(resolution, frames)]`` clips per bucket."""
+    from opensora_mlops.data.aspect import get_aspect_table
+
+    rows = []
+    for (res, frames), n in counts.items():
+        table = get_aspect_table(res)
+        key = "0.56" if "0.56" in table.ratios else sorted(table.ratios)[0]
+        h, w = table.ratios[key]
+        for i in range(n):
+            path = tmp_path / f"{res}-{frames}-{i}.mp4"
+            path.write_bytes(b"x")
+            rows.append({"path": str(path), "text": "a clip", "fps": 24.0, "num_frames": 48, "height": h,
+                         "width": w, "bucket_id": f"{res}/{frames}/{key}", "bucket_resolution": res,
+                         "bucket_num_frames": frames, "bucket_height": h, "bucket_width": w,
+                         "batch_size": batch[(res, frames)], "keep": True, "ar_key": key, "drop_reason": None})
+    return pd.DataFrame(rows)
+
+
+def test_summary_warns_when_a_stage_has_no_full_batch(tmp_path, caplog):
+    from opensora_mlops.pipelines.bucketing.nodes import summarise_buckets
+
+    table = _bucket_table(tmp_path, {("144p", 8): 3, ("240p", 1): 1}, {("144p", 8): 4, ("240p", 1): 4})
+    with caplog.at_level("WARNING"):
+        _, report, _ = summarise_buckets(table, params(), "stage1")
+    assert report["full_batches_per_epoch"] == 0 and len(report["warnings"]) == 1
+    warning = report["warnings"][0]
+    assert "stage1" in warning and "144p/8/0.56: 3 clips < batch 4" in warning
+    assert "bucketing.stages.stage1.bucket_config" in warning and warning in caplog.text
+    full = _bucket_table(tmp_path, {("144p", 8): 4}, {("144p", 8): 4})
+    assert summarise_buckets(full, params(), "stage1")[1]["warnings"] == []
+
+
+def test_training_refuses_an_empty_epoch_in_one_line_before_encoding(tmp_path):
+    """cache_stage_latents checks the table with the sampler's rules first (every row is trained, the
+    last batch of a bucket partial; an epoch is empty when there are fewer clips than ranks): the VAE
+    below would fail to build if the node got as far as encoding."""
+    from opensora_mlops.pipelines.training.nodes import cache_stage_latents
+    from opensora_mlops.training.preflight import StageDataError, check_stage_batches
+
+    one = _bucket_table(tmp_path, {("144p", 8): 1}, {("144p", 8): 4})
+    stage = {"name": "stage1", "cache_root": str(tmp_path / "cache"), "world_size": 2,
+             "cache": {"holdout_fraction": 0.0}}
+    with pytest.raises(StageDataError) as info:
+        cache_stage_latents(one, {"type": "no-such-vae"}, stage, {"text_encoder": {"type": "none"}})
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("stage1: cannot train: 1 clip")
+    assert "2 rank(s)" in message and "144p/8/0.56: 1 clip < batch 4" in message
+    assert "bucketing.stages.stage1.bucket_config" in message and "batch_scale" in message
+    assert not (tmp_path / "cache").exists()  # nothing was encoded
+    few = _bucket_table(tmp_path, {("144p", 8): 3, ("240p", 1): 2}, {("144p", 8): 4, ("240p", 1): 4})
+    check_stage_batches(few, "stage1")  # partial batches only: trainable (bucketing warns about it)
+    check_stage_batches(few, "stage1", world_size=4)  # five clips, four ranks: batches are split
+    with pytest.raises(StageDataError, match="6 rank"):
+        check_stage_batches(few, "stage1", world_size=6)
+    two = _bucket_table(tmp_path, {("144p", 8): 2}, {("144p", 8): 4})
+    with pytest.raises(StageDataError, match="after holding out 1 for validation"):
+        check_stage_batches(two, "stage1", world_size=2, holdout_fraction=0.4)

@@ -137,3 +137,68 @@ def test_vlm_captions_from_a_local_model_keep_every_column(tmp_path):
     assert raw and set(raw.split()) <= vocabulary  # decoded from the model's own vocabulary
     assert out["text"].item() == clean_caption(raw)
     assert {"height", "width", "num_frames"} <= set(out.columns)
+
+
+def test_filename_and_empty_fallbacks_are_named_in_text_method():
+    clips = pd.DataFrame({"path": ["/c/x-s000.mp4", "/c/y-s000.mp4", "/c/z-s000.mp4"],
+                          "source_path": ["/d/dog_running-on_beach.mp4", "/d/IMG_2034.MOV", "/d/lake.mp4"],
+                          "text": [None, None, "a calm lake"]})
+    out, dropped = caption_table(clips, CaptionConfig(missing_text="filename"))
+    assert out["text"].tolist() == ["Dog running on beach.", "A calm lake."]
+    assert out["text_method"].tolist() == ["filename-fallback", "metadata"]
+    assert dropped["source_path"].tolist() == ["/d/IMG_2034.MOV"]  # a camera name says nothing
+    assert dropped["reason"].item() == "no caption (file name has no words)"
+    empty, none = caption_table(clips, CaptionConfig(missing_text="empty"))
+    assert len(none) == 0 and empty["text_method"].tolist() == ["empty-fallback", "empty-fallback", "metadata"]
+    with pytest.raises(ConfigError, match="missing_text"):
+        CaptionConfig(missing_text="guess")
+
+
+def test_caption_strategy_refuses_only_when_nothing_can_be_captioned(tmp_path):
+    from opensora_mlops.curation.captions import caption_strategy_problem
+
+    assert "curation.captions.source: vlm" in caption_strategy_problem([None, "", float("nan")], {}, "none of 3")
+    assert caption_strategy_problem([None, "a cat"], {}, "x") is None
+    assert caption_strategy_problem([None], {"missing_text": "empty"}, "x") is None
+    assert caption_strategy_problem([], {}, "x") is None
+
+
+def test_vlm_captions_are_cached_on_the_model_content_and_prompt(tmp_path):
+    """The VLM runs once per clip; a rerun reuses its captions, a changed prompt or a changed model
+    file (same path) captions again."""
+    from opensora_mlops.curation.curate import CurationConfig, run_captions, run_clips, run_scenes
+    from opensora_mlops.curation.probe import probe_table
+    from opensora_mlops.data.video_io import write_video
+
+    _tiny_llava(tmp_path / "vlm")
+    frames = np.zeros((24, 48, 64, 3), np.uint8)
+    frames[:, 10:30, 20:40] = (230, 30, 30)
+    write_video(tmp_path / "src.mp4", frames, 12.0)
+    raw, _ = probe_table(pd.DataFrame({"path": [str(tmp_path / "src.mp4")], "source": "t", "text": [None]}),
+                         progress=False)
+
+    def config(prompt="Describe this video in one sentence."):
+        return CurationConfig.from_dict({
+            "clips": {"min_seconds": 0.5, "max_seconds": 4.0, "shorter_side": None},
+            "captions": {"source": "vlm", "vlm_path": str(tmp_path / "vlm"), "vlm_max_new_tokens": 3, "vlm_prompt": prompt},
+            "partitions": {"root": str(tmp_path / "parts"), "clips_dir": str(tmp_path / "clips"), "progress": False},
+            "stages": {},
+        })
+
+    scenes, _, _ = run_scenes(raw, config())
+    clips, _, _ = run_clips(raw, scenes, config())
+    store = tmp_path / "parts" / "captions"
+    first, _ = run_captions(clips, config())
+    assert first["text_method"].tolist() == ["vlm"] and len(list(store.glob("*.dropped.parquet"))) == 1
+    again, _ = run_captions(clips, config())
+    pd.testing.assert_frame_equal(again, first)
+    assert len(list(store.glob("*.dropped.parquet"))) == 1  # reused
+    run_captions(clips, config(prompt="What happens?"))
+    assert len(list(store.glob("*.dropped.parquet"))) == 2
+    weights = next((tmp_path / "vlm").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # same bytes: still cached
+    run_captions(clips, config())
+    assert len(list(store.glob("*.dropped.parquet"))) == 2
+    (tmp_path / "vlm" / "generation_config.json").write_text('{"max_length": 64}')  # the model changed
+    run_captions(clips, config())
+    assert len(list(store.glob("*.dropped.parquet"))) == 3

@@ -138,3 +138,18 @@ def test_spec_errors_are_clear():
         C.register_suite("raw_metadata", {})
     with pytest.raises(ConfigError, match="unknown contract suite"):
         C.validate_table(pd.DataFrame(), "no_such_suite", None)
+
+
+def test_raw_contract_checks_the_probe_timing_columns_when_present(tmp_path):
+    df = _raw_table(tmp_path)
+    df["vfr"] = [False, True, False, False]
+    df["frame_jitter"] = [0.1, 2.5, 0.0, 0.3]
+    assert C.validate_table(df, "raw_metadata", None).success
+    df.loc[2, "frame_jitter"] = -1.0
+    df["vfr"] = df["vfr"].astype(object)
+    df.loc[0, "vfr"] = "yes"
+    with pytest.raises(C.ContractError) as info:
+        C.validate_table(df, "raw_metadata", None)
+    failed = {(f.expectation, f.column) for f in info.value.result.failures}
+    assert ("expect_column_values_to_be_between", "frame_jitter") in failed
+    assert ("expect_column_values_to_be_in_type_list", "vfr") in failed

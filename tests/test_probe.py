@@ -191,15 +191,16 @@ def test_user_folder_with_captions_csv(tmp_path):
         "c.mov,caf\u00e9 terrace".encode("latin-1"),  # é as 0xe9: not UTF-8
         b"../secret.mp4,escaping the data root",
         b"missing.mp4,no such file",
-        b"a.mp4,second caption for a",
+        b"a.mp4,second caption for a",  # two captions for one file: which one? the file is held back
         b"still.png,a grey still",
+        b"still.png,a grey still",  # the same row twice: merged
     ]
     (root / "captions.csv").write_bytes(b"\r\n".join(rows) + b"\r\n")
 
     candidates, quarantine, counts = S.list_folder({"root": str(root), "captions_csv": "captions.csv"})
     by_name = {p.rsplit("/", 1)[-1]: t for p, t in zip(candidates["path"], candidates["text"])}
-    assert set(by_name) == {"a.mp4", "b.mkv", "d.mp4", "e.webm", "still.png"}
-    assert by_name["a.mp4"] == "a calm lake at dawn"  # first caption wins
+    assert set(by_name) == {"b.mkv", "d.mp4", "e.webm", "still.png"}
+    assert len(candidates) == 4  # still.png once, a.mp4 not at all
     assert by_name["b.mkv"] == 'a street, at night, with "neon" signs\nand rain'
     assert pd.isna(by_name["d.mp4"]) and by_name["still.png"] == "a grey still"
     assert (candidates["source"] == "folder").all()
@@ -213,7 +214,12 @@ def test_user_folder_with_captions_csv(tmp_path):
     assert reasons["missing.mp4"] == S.REASON_CAPTION_FILE_MISSING
     assert reasons["notes.txt"] == S.REASON_UNSUPPORTED
     assert reasons["again.mp4"] == S.REASON_DUPLICATE_FILE
-    assert (quarantine["reason"] == S.REASON_DUPLICATE_CAPTION).sum() == 1
+    conflict = quarantine[quarantine["reason"] == S.REASON_CONFLICTING_CAPTIONS]
+    assert conflict["path"].map(lambda p: p.rsplit("/", 1)[-1]).tolist() == ["a.mp4"]  # quarantined once
+    assert "lines 2, 7" in conflict["detail"].item()
+    assert counts["duplicate_caption_rows"] == 1
+    # no file is both accepted and quarantined
+    assert not set(candidates["path"]) & set(quarantine["path"])
     bad_encoding = quarantine[quarantine["reason"] == S.REASON_BAD_ENCODING].iloc[0]
     assert "line 4" in bad_encoding["detail"] and "0xe9" in bad_encoding["detail"]
     assert counts["hidden_files_ignored"] == 1
@@ -235,3 +241,27 @@ def test_captions_csv_header_is_checked(tmp_path):
         S.list_folder({"root": str(tmp_path / "nope")})
     with pytest.raises(ConfigError, match="captions_cvs"):
         S.list_folder({"root": str(tmp_path), "captions_cvs": "x.csv"})
+
+
+def test_folder_without_any_caption_stops_ingestion_with_the_fix(tmp_path):
+    from opensora_mlops.curation import sources as S
+    from opensora_mlops.curation.captions import CaptionSourceError
+
+    frames = np.full((6, 48, 64, 3), 90, dtype=np.uint8)
+    for name in ("a.mp4", "b.mov"):
+        _write_raw(tmp_path / name, frames, Fraction(24))
+    candidates, _, _ = S.list_folder({"root": str(tmp_path)})
+    with pytest.raises(CaptionSourceError) as info:
+        S.check_caption_strategy(candidates, {}, str(tmp_path))
+    message = str(info.value)
+    assert "none of the 2 media files" in message and str(tmp_path) in message
+    for fix in ("ingestion.folder.captions_csv", "curation.captions.source: vlm", "vlm_path", "missing_text: filename"):
+        assert fix in message
+    # a named fallback or the VLM is a strategy: no refusal, the uncaptioned count comes back
+    assert S.check_caption_strategy(candidates, {"missing_text": "filename"}, str(tmp_path)) == 2
+    (tmp_path / "vlm").mkdir()
+    assert S.check_caption_strategy(candidates, {"source": "vlm", "vlm_path": str(tmp_path / "vlm")}, "x") == 2
+    # one caption is enough to go on (the other clip is dropped, counted, by curation)
+    (tmp_path / "captions.csv").write_text("path,text\na.mp4,a grey wall\n")
+    captioned, _, _ = S.list_folder({"root": str(tmp_path), "captions_csv": "captions.csv"})
+    assert S.check_caption_strategy(captioned, {}, str(tmp_path)) == 1

@@ -12,7 +12,8 @@ cards: well under 0.5) keeps the decoded frames as they are. A strongly variable
 quarantined or *re-timed* (:func:`retime`): output frame ``k`` at time ``t0 + k / fps`` shows the source
 frame on screen at that instant, so a held frame is repeated and frames shown shorter than one output
 interval are skipped — the clip then plays at a constant rate with the source's timing. The rate is
-chosen by :func:`constant_rate`: the fast end of the stream's rates, snapped to a standard rate.
+chosen by :func:`constant_rate`: the rate of the stream's fastest sustained passage, snapped to a
+standard rate.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 T = TypeVar("T")
 
-#: Rates a re-timed video snaps to when its measured rate is within 1.5 % of one.
+#: Rates a re-timed video snaps to when its measured rate is within 3 % of one.
 STANDARD_RATES = tuple(Fraction(r) for r in (
     Fraction(24000, 1001), 24, 25, Fraction(30000, 1001), 30, 48, 50, Fraction(60000, 1001), 60, 90, 100,
     Fraction(120000, 1001), 120, 240,
@@ -77,16 +78,20 @@ def frame_jitter(times: Sequence[Fraction | None]) -> float:
 
 
 def constant_rate(times: Sequence[Fraction | None], max_fps: float) -> Fraction:
-    """The rate a variable-rate stream is re-timed to: 1 / (10th percentile interval), so the stream's
-    fast passages keep their frames and slow ones repeat theirs; snapped to a standard rate within
-    1.5 %, at most ``max_fps``."""
+    """The rate a variable-rate stream is re-timed to: that of its fastest sustained passage, so fast
+    passages keep their frames and slow ones repeat theirs. The intervals are averaged over runs of 15
+    frames (timestamp jitter and millisecond-rounded container time bases cancel out), the 10th
+    percentile of those averages is the passage's interval, and the rate snaps to the nearest standard
+    rate within 3 % (the standard rates are at least 4 % apart, NTSC pairs aside), at most ``max_fps``."""
     gaps = intervals(times)
     if gaps.size == 0:
         raise ValueError("a variable-rate stream needs at least two timed frames")
-    measured = 1.0 / float(np.percentile(gaps, 10))
-    measured = min(measured, float(max_fps))
+    width = min(15, gaps.size)
+    sums = np.concatenate([[0.0], np.cumsum(gaps)])
+    averages = (sums[width:] - sums[:-width]) / width
+    measured = min(1.0 / float(np.percentile(averages, 10)), float(max_fps))
     closest = min(STANDARD_RATES, key=lambda r: abs(float(r) - measured))
-    if abs(float(closest) - measured) <= 0.015 * measured:
+    if abs(float(closest) - measured) <= 0.03 * measured:
         return closest
     return Fraction(measured).limit_denominator(1001)
 

@@ -93,7 +93,7 @@ class ProbeConfig:
     truncation_tolerance: float = 0.02
     num_workers: int = 1
     vfr: str = "retime"
-    vfr_jitter: float = 0.5
+    vfr_jitter: float = 1.0
 
     def __post_init__(self) -> None:
         if self.count_frames not in {"decode", "header"}:

@@ -4,7 +4,13 @@ A user folder holds videos (mp4, mov, mkv, webm, avi) and images (jpg, png, …)
 captions CSV ``path,text``. CSV paths are relative to the data root (or absolute) and must resolve
 inside it — ``../../etc/passwd`` or a symlink out of the root is quarantined with reason
 "path outside data root". The CSV is read as bytes and decoded row by row, so one caption in a wrong
-encoding quarantines that row ("caption not valid UTF-8") instead of killing the whole file.
+encoding quarantines that row ("caption not valid UTF-8") instead of killing the whole file. A row
+repeated word for word is merged (counted in ``duplicate_caption_rows``); two different captions for
+one file quarantine that file once ("conflicting captions in CSV"): it is neither accepted nor counted
+twice.
+
+Captions strategy: :func:`check_caption_strategy` stops ingestion at once, with the fix in the
+message, when no file has a caption and curation has neither the VLM nor a fallback configured.
 
 Both sources return a *candidates* table (``path`` absolute, ``text``, ``source``) for the probe, and a
 quarantine table (``path, reason, detail, stage``) for what never reaches it.
@@ -33,7 +39,7 @@ from opensora_mlops.curation.synthetic import (
 REASON_OUTSIDE_ROOT = "path outside data root"
 REASON_BAD_ENCODING = "caption not valid UTF-8"
 REASON_CAPTION_FILE_MISSING = "captioned file not found"
-REASON_DUPLICATE_CAPTION = "duplicate path in captions CSV"
+REASON_CONFLICTING_CAPTIONS = "conflicting captions in CSV"
 REASON_MALFORMED_ROW = "malformed captions CSV row"
 REASON_UNSUPPORTED = "unsupported file type"
 REASON_DUPLICATE_FILE = "duplicate file (link to a listed file)"
@@ -96,7 +102,8 @@ def _split_csv_records(data: bytes) -> list[bytes]:
 class CaptionRows:
     captions: dict[Path, str]  # resolved path -> caption
     quarantine: list[dict[str, str]]
-    rejected: set[Path]  # files whose caption row could not be read: quarantined, not ingested
+    rejected: set[Path]  # files whose caption row could not be read or conflicts: quarantined, not ingested
+    duplicate_rows: int = 0  # rows repeating an earlier row exactly (merged)
 
 
 def read_captions_csv(csv_path: str | Path, root: str | Path) -> CaptionRows:
@@ -118,8 +125,11 @@ def read_captions_csv(csv_path: str | Path, root: str | Path) -> CaptionRows:
     i_path, i_text = header.index("path"), header.index("text")
 
     captions: dict[Path, str] = {}
+    lines: dict[Path, int] = {}
     quarantine: list[dict[str, str]] = []
     rejected: set[Path] = set()
+    conflicts: dict[Path, list[int]] = {}
+    duplicates = 0
 
     def bad(path: str, reason: str, detail: str) -> None:
         quarantine.append({"path": path, "reason": reason, "detail": detail, "stage": LIST_STAGE})
@@ -150,10 +160,19 @@ def read_captions_csv(csv_path: str | Path, root: str | Path) -> CaptionRows:
             bad(str(resolved), REASON_CAPTION_FILE_MISSING, f"{csv_path.name} line {line_no}: {raw_path}")
             continue
         if resolved in captions:
-            bad(str(resolved), REASON_DUPLICATE_CAPTION, f"{csv_path.name} line {line_no}: first caption kept")
+            if captions[resolved] == text:
+                duplicates += 1  # the same row twice: one file, one caption
+            else:
+                conflicts.setdefault(resolved, [lines[resolved]]).append(line_no)
             continue
         captions[resolved] = text
-    return CaptionRows(captions, quarantine, rejected - set(captions))
+        lines[resolved] = line_no
+    for path, numbers in conflicts.items():  # which caption is right? the user must say: the file waits
+        del captions[path]
+        bad(str(path), REASON_CONFLICTING_CAPTIONS,
+            f"{csv_path.name} lines {', '.join(map(str, numbers))} give different captions; keep one row")
+        rejected.add(path)
+    return CaptionRows(captions, quarantine, rejected - set(captions), duplicates)
 
 
 def _resolve_for_report(raw_path: str, root: Path) -> str:
@@ -188,7 +207,8 @@ def list_folder(cfg: FolderSourceConfig | Mapping[str, Any]) -> tuple[pd.DataFra
     pattern = "**/*" if cfg.recursive else "*"
     candidates, quarantine = [], list(captions.quarantine)
     listed: set[Path] = set()
-    counts = {"hidden_files_ignored": 0, "unsupported_files_ignored": 0}
+    counts = {"hidden_files_ignored": 0, "unsupported_files_ignored": 0,
+              "duplicate_caption_rows": captions.duplicate_rows}
     # real files before symlinks, so a link to a listed file is the one reported as the duplicate
     for path in sorted(root.glob(pattern), key=lambda p: (p.is_symlink(), p)):
         if not path.is_file() and not path.is_symlink():
@@ -236,3 +256,17 @@ def synthetic_candidates(out_dir: str | Path, cfg: SyntheticConfig | Mapping[str
         for v in videos
     ]
     return candidates_frame(rows), videos
+
+
+def check_caption_strategy(candidates: pd.DataFrame, captions: Mapping[str, Any] | None, root: str) -> int:
+    """Refuse (``CaptionSourceError``, at once, naming ``captions_csv`` and the VLM option) a folder in
+    which no media file has a caption while curation would drop uncaptioned clips; returns how many
+    candidates have no caption (curation drops or falls back for those)."""
+    from opensora_mlops.curation.captions import CaptionSourceError, caption_strategy_problem, clean_caption
+
+    texts = candidates["text"].tolist() if "text" in candidates.columns else []
+    problem = caption_strategy_problem(texts, captions, f"none of the {len(texts)} media files under {root} has "
+                                       "a caption")
+    if problem:
+        raise CaptionSourceError(problem)
+    return sum(1 for t in texts if not clean_caption(t))

@@ -150,15 +150,18 @@ _SCORE_RANGES = {
     "match": {"min": -1, "max": 1},
 }
 _SCORE_COLUMNS = {"aes": "number", "flow": "number", "ocr": "number", "match": "number", "camera_motion": "str"}
+#: The probe's frame-timing columns (variable frame rate re-timed to ``fps``; interval spread).
+_TIMING_COLUMNS = {"vfr": "bool", "frame_jitter": "float"}
 
 #: Built-in suite specs, by table (catalog) name.
 BUILTIN_SPECS: dict[str, dict[str, Any]] = {
     "raw_metadata": {
         "description": "ingestion output: one row per probed, readable video or image",
         "columns": _RAW_COLUMNS,
+        "optional_columns": _TIMING_COLUMNS,
         "not_null": ["path", "num_frames", "height", "width", "aspect_ratio", "resolution", "source"],
         "unique": ["path"],
-        "ranges": _RAW_RANGES,
+        "ranges": {**_RAW_RANGES, "frame_jitter": {"min": 0}},
         "checks": ["aspect_ratio_is_height_over_width", "resolution_is_height_times_width",
                    "duration_is_frames_over_fps", "fps_known_for_videos", "file_exists"],
         "min_rows": 1,
@@ -166,7 +169,7 @@ BUILTIN_SPECS: dict[str, dict[str, Any]] = {
     "clip_metadata": {
         "description": "curation output: one row per cut clip (scenes frame precise), scores where computed",
         "columns": {k: v for k, v in _CLIP_COLUMNS.items() if k != "source"},
-        "optional_columns": _SCORE_COLUMNS,
+        "optional_columns": {**_SCORE_COLUMNS, **_TIMING_COLUMNS},
         "not_null": ["path", "num_frames", "height", "width", "aspect_ratio", "resolution",
                      "scene_start", "scene_end", "frame_start", "frame_end"],
         "unique": ["path"],
@@ -179,7 +182,7 @@ BUILTIN_SPECS: dict[str, dict[str, Any]] = {
     "filtered_clips": {
         "description": "a stage's training table: captioned clips that passed the stage's filters",
         "columns": {k: v for k, v in _CLIP_COLUMNS.items() if k != "source"},
-        "optional_columns": _SCORE_COLUMNS,
+        "optional_columns": {**_SCORE_COLUMNS, **_TIMING_COLUMNS},
         "not_null": ["path", "text", "num_frames", "height", "width", "aspect_ratio", "resolution"],
         "unique": ["path"],
         "ranges": {**_RAW_RANGES, "scene_start": {"min": 0}, "frame_start": {"min": 0}, **_SCORE_RANGES},

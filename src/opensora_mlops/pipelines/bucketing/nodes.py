@@ -23,6 +23,7 @@ from opensora_mlops.data.buckets import (  # noqa: E402
     bucket_columns_consistent,
     bucket_fits_sample,
 )
+from opensora_mlops.training.preflight import describe_buckets  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,15 @@ def summarise_buckets(
         "bucket_config": {res: {str(t): v for t, v in e.items()} for res, e in spec.bucket_config.to_dict().items()},
         "columns": BUCKET_COLUMNS,
     }
+    report["warnings"] = []
+    if report["full_batches_per_epoch"] == 0:
+        buckets = describe_buckets([(str(r.bucket_id), int(r.samples), int(r.batch_size), int(r.full_batches))
+                                    for r in summary.sort_values("samples", ascending=False).itertuples()])
+        warning = (f"{stage}: no bucket holds a full batch ({buckets}); every training step of {stage} would run "
+                   "a partial batch (and with fewer clips than ranks training refuses to start): lower the batch "
+                   f"sizes in bucketing.stages.{stage}.bucket_config or give the stage more clips")
+        report["warnings"].append(warning)
+        log.warning(warning)
     dropped = ", ".join(f"{k} {v}" for k, v in report["dropped"].items()) or "none"
     note = f"kept {report['kept']} of {report['rows']} clips; dropped: {dropped}"
     return summary, report, bucket_chart(summary, stage, note)

@@ -11,7 +11,12 @@ import pandas as pd
 
 from opensora_mlops.config import ConfigError, strict_dataclass
 from opensora_mlops.curation.probe import ProbeConfig, probe_table, quarantine_frame, summarize
-from opensora_mlops.curation.sources import FolderSourceConfig, list_folder, synthetic_candidates
+from opensora_mlops.curation.sources import (
+    FolderSourceConfig,
+    check_caption_strategy,
+    list_folder,
+    synthetic_candidates,
+)
 from opensora_mlops.curation.synthetic import GROUND_TRUTH_COLUMNS, SyntheticConfig, ground_truth_table
 from opensora_mlops.data.contracts import validate_table
 
@@ -47,10 +52,13 @@ def _params(params: dict[str, Any]) -> IngestionParams:
     return strict_dataclass(IngestionParams, dict(params or {}), "ingestion")
 
 
-def collect_candidates(params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int]]:
+def collect_candidates(params: dict[str, Any], curation: dict[str, Any] | None = None
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """Generate the synthetic corpus or list the user folder.
 
     Returns ``(candidates, listing quarantine, synthetic ground truth (empty for a folder), counts)``.
+    A folder where no file has a caption stops here, before probing, unless ``curation.captions``
+    (the curation parameters) names the VLM or a fallback (``check_caption_strategy``).
     """
     cfg = _params(params)
     if cfg.source == "synthetic":
@@ -61,6 +69,10 @@ def collect_candidates(params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFra
                  truth.drop_duplicates("path")["kind"].value_counts().to_dict())
         return candidates, quarantine_frame([]), truth, {}
     candidates, quarantine, counts = list_folder(cfg.folder)
+    uncaptioned = check_caption_strategy(candidates, (curation or {}).get("captions"), str(cfg.folder.get("root")))
+    if uncaptioned:
+        log.warning("folder %s: %d of %d files have no caption (curation.captions.missing_text decides: drop, "
+                    "filename or empty)", cfg.folder.get("root"), uncaptioned, len(candidates))
     log.info("folder %s: %d candidate files, %d listing problems, %s", cfg.folder.get("root"), len(candidates),
              len(quarantine), counts)
     return candidates, quarantine, pd.DataFrame(columns=GROUND_TRUTH_COLUMNS), counts

@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     params = "params:ingestion"
     return Pipeline(
         [
-            node(nodes.collect_candidates, params,
+            node(nodes.collect_candidates, [params, "params:curation"],
                  ["ingestion_candidates", "ingestion_listing_quarantine", "synthetic_ground_truth",
                   "ingestion_listing_counts"],
                  name="collect_candidates"),

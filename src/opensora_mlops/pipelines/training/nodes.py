@@ -88,6 +88,13 @@ def cache_stage_latents(bucket_table: pd.DataFrame, vae_model: dict[str, Any], s
     s = stage_settings(stage, shared)
     kept = check_bucket_table(bucket_table, f"{s['name']}.bucket_table")
     bucket_config_from_table(kept)  # an unknown resolution is an error here, before any encoding
+    # an empty epoch is refused now, in one line, not after encoding every latent
+    from opensora_mlops.training.preflight import check_stage_batches
+
+    online = s.get("data_source", "cache") == "online"
+    check_stage_batches(kept, s["name"], world_size=int(s.get("world_size", 1)),
+                        batch_scale=float(s.get("batch_scale", 1.0)), seed=int(s.get("seed", 0)),
+                        holdout_fraction=0.0 if online else float((s.get("cache") or {}).get("holdout_fraction", 0.0)))
     out_dir = Path(s.get("cache_root", "data/05_model_input")) / f"{s['name']}_latents"
     frame_interval = frame_interval_of(s, bucketing)
     if s.get("data_source", "cache") == "online":
