@@ -94,18 +94,19 @@ def val_loss_by_timestep(table: pd.DataFrame) -> pd.DataFrame:
 
 def adherence_scores(summary: Mapping[str, Mapping[str, Any]],
                      criteria: Iterable[str] = ("colour", "shape", "direction", "adherence")) -> pd.DataFrame:
-    """Prompt adherence by criterion, one column per group (``criterion, trained, untrained, real``),
-    from the evaluation metrics' ``adherence`` block (``{group: {criterion: score}}``). A criterion a
-    group was not scored on is left empty."""
-    groups = [g for g, scores in summary.items() if isinstance(scores, Mapping)]
+    """Prompt adherence, one row per group and criterion (``label, group, criterion, score``; the label
+    ``"trained: colour"`` names the bar in a chart), from the evaluation metrics' ``adherence`` block
+    (``{group: {criterion: score}}``). A criterion a group was not scored on has no row."""
     rows = []
-    for criterion in criteria:
-        row: dict[str, Any] = {"criterion": criterion}
-        for group in groups:
-            value = summary[group].get(criterion)
-            row[group] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["criterion", *groups])
+    for group, scores in summary.items():
+        if not isinstance(scores, Mapping):
+            continue
+        for criterion in criteria:
+            value = scores.get(criterion)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                rows.append({"label": f"{group}: {criterion}", "group": str(group), "criterion": criterion,
+                             "score": float(value)})
+    return pd.DataFrame(rows, columns=["label", "group", "criterion", "score"])
 
 
 __all__ = ["adherence_scores", "loss_curve", "numeric_leaves", "val_loss_by_timestep"]
