@@ -167,3 +167,88 @@ def test_every_dimension_names_its_method():
         "imaging_quality",
     }
     assert all(len(text) > 20 for text in metrics.METHODS.values())
+
+
+# ------------------------------------------------------------------ noise, a static gray clip, real clips
+def _corpus_clips(tmp_path, height: int = 72, width: int = 128, frames: int = 10):
+    """Corpus shots as the curation pipeline sees them (rendered, H.264 round trip): four moving, one still."""
+    from opensora_mlops.curation.synthetic import ShotSpec, render_shot
+    from opensora_mlops.data.video_io import read_video, write_video
+
+    specs = [
+        ShotSpec("red", "circle", "gray", "left", "quickly"),
+        ShotSpec("blue", "square", "black", "right", "quickly"),
+        ShotSpec("yellow", "triangle", "navy", "down", "quickly"),
+        ShotSpec("white", "circle", "maroon", "up", "quickly"),
+        ShotSpec("green", "square", "gray"),
+    ]
+    clips = []
+    for index, spec in enumerate(specs):
+        rendered = render_shot(spec, height, width, frames, 0.3 * height, (0.5 * width, 0.5 * height))
+        decoded, _ = read_video(write_video(tmp_path / f"clip_{index}.mp4", rendered, fps=24))
+        clips.append(decoded)
+    return clips
+
+
+DIMENSIONS = {
+    "temporal_flickering": metrics.temporal_flickering,
+    "motion_smoothness": metrics.motion_smoothness,
+    "dynamic_degree": lambda f: float(metrics.is_dynamic(f)),
+    "subject_consistency": metrics.subject_consistency,
+    "background_consistency": metrics.background_consistency,
+    "aesthetic_quality": metrics.aesthetic_quality,
+    "imaging_quality": metrics.imaging_quality,
+}
+
+
+def test_noise_never_beats_real_clips_on_any_dimension(tmp_path):
+    real = _corpus_clips(tmp_path)
+    rng = np.random.default_rng(0)
+    shape = real[0].shape
+    noise = {
+        "uniform": [rng.integers(0, 256, shape, dtype=np.uint8) for _ in real],
+        "gaussian": [np.clip(rng.normal(128, 50, shape), 0, 255).astype(np.uint8) for _ in real],
+    }
+    assert set(DIMENSIONS) == set(metrics.METHODS)
+    for dimension, score in DIMENSIONS.items():
+        real_mean = np.mean([score(f) for f in real])
+        for kind, clips in noise.items():
+            noise_mean = np.mean([score(f) for f in clips])
+            assert noise_mean < real_mean, (dimension, kind, noise_mean, real_mean)
+    # the classical fall-backs that rated noise high before: now they rate it (near) zero
+    for clips in noise.values():
+        assert max(metrics.background_consistency(f) for f in clips) < 0.05
+        assert max(metrics.subject_consistency(f) for f in clips) == 0.0
+        assert not any(metrics.is_dynamic(f) for f in clips)
+        assert max(metrics.aesthetic_quality(f) for f in clips) < 0.05
+    assert min(metrics.background_consistency(f) for f in real) > 0.95
+    dynamic = [metrics.is_dynamic(f) for f in real]
+    assert dynamic[0] and dynamic[1] and not dynamic[4]  # 2 px/frame sideways vs a 1.7 px threshold; still
+
+
+def test_background_consistency_sees_a_background_that_changes_colour_every_frame():
+    """Two background shades alternating under a steady subject: the histogram + HOG features alone
+    still rate it 0.6 (the layout matches); with the pixel agreement it drops below 0.4."""
+    steady = _disc_video(background=100)
+    flicker = steady.copy()
+    flicker[1::2] = _disc_video(background=40)[1::2]
+    assert metrics.background_consistency(steady) > 0.98
+    assert metrics.feature_consistency(metrics.background_features(flicker)) > 0.5
+    assert metrics.background_consistency(flicker) < 0.4
+
+
+def test_a_static_gray_clip_is_consistent_but_has_no_subject_or_motion():
+    gray = np.full((T, H, W, 3), 105, np.uint8)
+    assert metrics.background_consistency(gray) == pytest.approx(1.0)
+    assert metrics.subject_consistency(gray) == 0.0  # there is no subject to be consistent
+    assert not metrics.is_dynamic(gray)
+    assert metrics.imaging_quality(gray) == 0.0
+
+
+def test_dynamic_degree_ignores_noise_frames_but_not_moving_frames():
+    moving = _disc_video(step=4.0)
+    assert metrics.is_dynamic(moving)
+    noisy = moving.copy()
+    noisy[::2] = np.random.default_rng(2).integers(0, 256, noisy[::2].shape, dtype=np.uint8)
+    assert not metrics.is_dynamic(noisy)  # every pair has a noise frame
+    assert metrics.is_dynamic(noisy, max_noise=1e9)  # VBench's rule alone calls it dynamic

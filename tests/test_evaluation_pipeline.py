@@ -14,8 +14,10 @@ import pytest
 import torch
 from kedro.pipeline import Pipeline
 
+from opensora_mlops.config import ConfigError
 from opensora_mlops.curation.synthetic import ShotSpec, caption_for, render_shot
 from opensora_mlops.data.video_io import write_video
+from opensora_mlops.evaluation import evaluate
 from opensora_mlops.models.stdit2 import build_model
 from opensora_mlops.models.text_encoder import build_text_encoder
 from opensora_mlops.models.vae import VideoAutoencoder
@@ -62,39 +64,60 @@ def real_clips(tmp_path_factory):
     return pd.DataFrame(rows)
 
 
+#: What "stage 1" trained on (curation's wording): not the first bundled prompt's combination (a red
+#: circle on gray, still: held-out) but one the suite lacks (added to the evaluated prompts: seen).
+TRAINING_TEXTS = [
+    "A red circle moving left quickly on a gray background.",
+    "A green triangle moving up quickly on a navy background.",
+    "a person walking a dog",  # outside the vocabulary: not a combination
+]
+
+
+def _cache_table(texts):
+    return pd.DataFrame(
+        {
+            "text": texts,
+            "bucket_id": ["b0"] * len(texts),
+            "bucket_num_frames": [4] * len(texts),
+            "bucket_height": [32] * len(texts),
+            "bucket_width": [32] * len(texts),
+            "fps": [8.0] * len(texts),
+        }
+    )
+
+
 @pytest.fixture(scope="module")
 def latent_cache(tmp_path_factory, stage_model):
     root = tmp_path_factory.mktemp("cache")
     vae = VideoAutoencoder.from_pretrained(stage_model["vae"]["from_pretrained"])
     encoder = build_text_encoder(TEXT_ENCODER)
-    table = pd.DataFrame(
-        {
-            "text": [
-                "a red circle moving left quickly on a gray background",
-                "a blue square on a black background",
-            ],
-            "bucket_id": ["b0", "b0"],
-            "bucket_num_frames": [4, 4],
-            "bucket_height": [32, 32],
-            "bucket_width": [32, 32],
-            "fps": [8.0, 8.0],
-        }
-    )
     generator = torch.Generator().manual_seed(0)
 
     def load_video(key: SampleKey) -> torch.Tensor:
         return torch.rand((3, key.num_frames, key.height, key.width), generator=generator) * 2 - 1
 
-    directory = write_latent_cache(
-        root / "val", table, load_video, vae.encode, encoder.encode, meta={"stage": "stage3"}
-    )
-    return {"stage": "stage3", "val_dir": str(directory)}
+    held_out = ["a red circle moving left quickly on a gray background", "a blue square on a black background"]
+    directories = {
+        split: write_latent_cache(root / split, _cache_table(texts), load_video, vae.encode, encoder.encode,
+                                  meta={"stage": "stage3"})
+        for split, texts in (("val", held_out), ("train", TRAINING_TEXTS))
+    }
+    return {"stage": "stage3", "val_dir": str(directories["val"]), "train_dir": str(directories["train"])}
+
+
+@pytest.fixture(scope="module")
+def online_stage(tmp_path_factory):
+    """An online-encoded stage: its manifest points at the bucket table it trained on."""
+    path = tmp_path_factory.mktemp("online") / "online_table.parquet"
+    _cache_table(["a white square moving down slowly on a maroon background"]).to_parquet(path)
+    return {"source": "online", "stage": "stage2", "bucket_table": str(path)}
 
 
 def _params(tmp_path):
     return {
-        "max_prompts": 2,
-        "samples_per_prompt": 1,
+        "max_prompts": 1,
+        "samples_per_prompt": 2,
+        "training_prompts": 1,
         "groups": ["trained", "untrained"],
         "generation": {
             "num_frames": 4,
@@ -107,6 +130,7 @@ def _params(tmp_path):
             "batch_size": 2,
         },
         "real_clips": {"max_clips": 8, "max_frames": 12},
+        "statistics": {"confidence": 0.95, "resamples": 200, "seed": 0},
         "validation": {"num_ranges": 2, "timesteps_per_range": 1, "max_clips": 2, "seed": 0},
         "output_dir": str(tmp_path / "07_model_output" / "evaluation"),
         "report_dir": str(tmp_path / "08_reporting" / "evaluation"),
@@ -121,32 +145,76 @@ def test_pipeline_wiring():
     assert pipeline.inputs() == {
         "stage3.model",
         "stage3.filtered_clips",
+        "stage1.latent_cache",
+        "stage2.latent_cache",
         "stage3.latent_cache",
         "params:evaluation",
     }
     assert "evaluation_metrics" in pipeline.all_outputs()
 
 
+def test_training_combinations_come_from_every_stage(latent_cache, online_stage):
+    training = nodes.training_combinations(latent_cache, online_stage, None)
+    assert training["combinations"] == [
+        ["green", "triangle", "navy", "up"],
+        ["red", "circle", "gray", "left"],
+        ["white", "square", "maroon", "down"],
+    ]
+    # the held-out clips of the cache (val_dir) are not training clips
+    assert "a blue square on a black background" not in training["captions"]
+    with pytest.raises(ConfigError, match="neither train_dir nor bucket_table"):
+        nodes.training_combinations({"stage": "stage1", "val_dir": "x"})
+
+
 def test_evaluation_nodes_end_to_end(tmp_path, mlflow_sqlite_store, stage_model, real_clips, latent_cache):
     params = _params(tmp_path)
-    samples = nodes.generate_samples(stage_model, params)
-    groups = [r["group"] for r in samples["records"]]
-    assert groups == ["trained", "trained", "untrained", "untrained"]
-    for record in samples["records"]:
+    training = nodes.training_combinations(latent_cache, None, None)
+    samples = nodes.generate_samples(stage_model, training, params)
+    # one suite prompt and one training prompt (the other training combination is the real clip's), two
+    # seeds each, two groups
+    assert samples["prompts"][1] in TRAINING_TEXTS[:2]
+    assert samples["splits"] == {samples["prompts"][0]: "held_out", samples["prompts"][1]: "seen"}
+    assert samples["seeds"] == [0, 1]
+    records = samples["records"]
+    assert [r["group"] for r in records] == ["trained"] * 4 + ["untrained"] * 4
+    assert sorted((r["prompt"], r["seed"]) for r in records[:4]) == sorted(
+        (p, s) for p in samples["prompts"] for s in (0, 1)
+    )
+    for record in records:
         assert record["video"].endswith(".mp4") and record["gif"].endswith(".gif")
         sidecar = json.loads(Path(record["settings"]).read_text())
         assert sidecar["evaluation_group"] == record["group"] and sidecar["prompt"] == record["prompt"]
+        assert sidecar["evaluation_seed"] == record["seed"]
+    # the seeds give different videos of one prompt
+    first = [r for r in records if r["group"] == "trained" and r["prompt"] == samples["prompts"][0]]
+    assert len({Path(r["video"]).read_bytes() for r in first}) == 2
+    assert set(samples["timing"]["generate_s"]) == {"trained", "untrained"}
     json.dumps(samples)  # the catalog stores it as JSON
 
     scores, adherence = nodes.score_samples(samples, real_clips, params)
     assert set(scores["vbench"]) == {"trained", "untrained", "real"}
     assert set(adherence["group"]) == {"trained", "untrained", "real"}
-    # real synthetic clips are the upper bound: they show exactly their captions
-    assert scores["adherence"]["real"]["adherence"] == 1.0
-    assert scores["adherence"]["real"]["n"] == 3.0
-    assert scores["adherence"]["trained"]["n"] == 2.0
+    assert set(adherence["split"]) == {"seen", "held_out"}
+    # real synthetic clips are the upper bound: they show exactly their captions, every check
+    real = scores["adherence"]["real"]
+    assert real["adherence"] == real["overall"] == real["background"] == 1.0
+    assert real["n"] == 3.0 and real["prompts"] == 3.0
+    assert scores["adherence"]["trained"]["n"] == 4.0 and scores["adherence"]["trained"]["prompts"] == 2.0
+    for stats in scores["adherence"].values():
+        for metric in ("colour", "shape", "direction", "background", "adherence", "overall"):
+            assert stats[f"{metric}_low"] <= stats[metric] <= stats[f"{metric}_high"]
+    assert scores["adherence_seen"]["trained"]["n"] == scores["adherence_held_out"]["trained"]["n"] == 2.0
+    # the real clip "a red circle moving left quickly on a gray background" was trained on
+    assert scores["adherence_seen"]["real"]["n"] == 1.0 and scores["adherence_held_out"]["real"]["n"] == 2.0
+    assert scores["chance"]["colour"] == pytest.approx(1 / 7)
+    assert samples["prompts"][1] in scores["splits"]["seen"]
+    assert samples["prompts"][0] in scores["splits"]["held_out"]
     for group_scores in scores["vbench"].values():
         assert all(0.0 <= v <= 1.0 for v in group_scores.values())
+    for group, group_scores in scores["vbench"].items():
+        for dim, value in group_scores.items():
+            ci = scores["vbench_ci"][group]
+            assert ci[f"{dim}_low"] <= value <= ci[f"{dim}_high"]
     assert set(scores["methods"]) >= set(scores["vbench"]["real"])
     json.dumps(scores)
 
@@ -161,21 +229,37 @@ def test_evaluation_nodes_end_to_end(tmp_path, mlflow_sqlite_store, stage_model,
     assert not np.allclose(trained, untrained)
 
     metrics, report = nodes.build_report(samples, scores, adherence, val_loss, params)
-    assert set(metrics) == {"vbench", "adherence", "val_loss"}
+    assert set(metrics) == {"vbench", "vbench_ci", "chance", "adherence", "adherence_seen",
+                            "adherence_held_out", "val_loss", "val_x0_mse"}
     assert set(metrics["val_loss"]["trained"]) == {"t000_500", "t500_1000", "mean"}
+    assert set(metrics["val_x0_mse"]["trained"]) == {"t000_500", "t500_1000", "mean"}
+    flat = evaluate.flatten_metrics(metrics)
+    assert flat["adherence.real.overall"] == 1.0 and "adherence_seen.trained.colour_high" in flat
+
+    def leaves(tree):
+        for value in tree.values():
+            yield from leaves(value) if isinstance(value, dict) else [value]
+
+    assert all(type(v) is float for v in leaves(metrics))  # DVC metrics: numbers only
     html = Path(report["html"]).read_text(encoding="utf-8")
     for text in (
         "VBench-style dimensions",
         "Methods",
         "Prompt adherence",
+        "chance",
+        "Seen combinations",
+        "Held-out combinations",
+        "overall (all 4 right)",
         "Validation loss by timestep",
+        "x̂0 MSE",
         "Samples",
+        "Evaluation cost",
     ):
         assert text in html
-    assert scores["not_implemented"] == []  # the first two bundled prompts only name implemented dimensions
+    assert scores["not_implemented"] == []  # the first bundled prompt and training prompts name implemented ones
     for key in ("vbench_plot", "adherence_plot", "val_loss_plot"):
         assert Path(report[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(report["gifs"]) == 4
+    assert len(report["gifs"]) == 4  # the first seed of each prompt and group
     json.dumps(metrics)
 
     # MLflow: a nested "evaluation" run under the active parent run
@@ -200,11 +284,29 @@ def test_evaluation_nodes_end_to_end(tmp_path, mlflow_sqlite_store, stage_model,
 def test_bad_parameters_are_named(tmp_path):
     params = _params(tmp_path) | {"max_prompt": 3}
     with pytest.raises(Exception, match="max_prompt"):
-        nodes.generate_samples({}, params)
+        nodes.generate_samples({}, {}, params)
     params = _params(tmp_path)
     params["generation"] = {**params["generation"], "frames": 4}
     with pytest.raises(Exception, match="frames"):
         nodes.score_samples({"records": []}, pd.DataFrame(), params)
+    for key, value, message in (
+        ("adherence", {"min_subject_share": 0.5}, "min_subject_share"),
+        ("statistics", {"confidence": 1.0}, "confidence"),
+        ("generation", {"seeds": [1, 1]}, "distinct integers"),
+        ("training_prompts", -1, "training_prompts"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            evaluate.EvaluationConfig.from_dict(_params(tmp_path) | {key: value})
+
+
+def test_seeds_list_overrides_samples_per_prompt(tmp_path):
+    config = evaluate.EvaluationConfig.from_dict(_params(tmp_path))
+    assert config.seeds() == [0, 1]
+    params = _params(tmp_path)
+    params["generation"] = {**params["generation"], "seeds": [7, 3, 11]}
+    assert evaluate.EvaluationConfig.from_dict(params).seeds() == [7, 3, 11]
+    # the batch seeds never collide across (seed, batch) pairs
+    assert len({evaluate.batch_seed(s, b) for s in range(50) for b in range(50)}) == 2500
 
 
 def test_report_lists_dimensions_it_does_not_implement(tmp_path):
@@ -222,3 +324,31 @@ def test_report_lists_dimensions_it_does_not_implement(tmp_path):
     assert "not implemented here (not scored): human_action, scene" in html
     assert "color: not scored for 1 prompt(s) outside the synthetic vocabulary" in html
     assert "adherence_plot" not in written and "val_loss_plot" not in written
+
+
+def test_demo_summary_prints_intervals_chance_and_the_split(tmp_path):
+    from opensora_mlops.pipelines.demo import summarise
+
+    metrics = {
+        "chance": {"colour": 1 / 7, "shape": 1 / 3, "direction": 0.2, "background": 0.25, "adherence": 0.23,
+                   "overall": 1 / 420},
+        "adherence": {
+            "trained": {"colour": 0.5, "colour_low": 0.25, "colour_high": 0.75, "n": 12.0, "prompts": 4.0},
+            "real": {"colour": 1.0, "colour_low": 1.0, "colour_high": 1.0, "n": 3.0, "prompts": 3.0},
+        },
+        "adherence_seen": {"trained": {"colour": 0.75, "colour_low": 0.5, "colour_high": 1.0, "n": 6.0,
+                                       "prompts": 2.0}},
+        "adherence_held_out": {},
+    }
+    path = tmp_path / "data" / "08_reporting" / "evaluation" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(metrics))
+    text = summarise(tmp_path, 60.0, 1.0)
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.strip().startswith("chance") and "real" in line)
+    assert lines[header].split() == ["chance", "real", "trained"]  # real first: the upper bound
+    colour = next(line for line in lines[header:] if line.strip().startswith("colour"))
+    assert colour.split() == ["colour", "0.143", "1.00", "[1.00,", "1.00]", "0.50", "[0.25,", "0.75]"]
+    assert any("seen combinations" in line for line in lines)
+    assert not any("held-out combinations" in line for line in lines)  # none were scored
+    assert any("3 prompts, 3 clips" in line for line in lines)

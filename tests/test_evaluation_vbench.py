@@ -45,6 +45,27 @@ def test_bundled_suite_is_vbench_format_in_the_synthetic_vocabulary():
     assert covered <= set(ALL_DIMENSIONS)
 
 
+def test_bundled_suite_is_worded_like_the_training_captions():
+    """Training captions are the corpus caption through curation's caption cleaning (capital letter,
+    full stop); a prompt worded otherwise would measure the text encoder's tolerance, not the model."""
+    from opensora_mlops.curation.captions import CaptionConfig, clean_caption
+
+    cleaning = CaptionConfig()
+    suite = load_prompt_suite()
+    for entry in suite:
+        training_wording = clean_caption(caption_for(parse_caption(entry.prompt)), cleaning.prefixes,
+                                         cleaning.first_letter)
+        assert entry.prompt == training_wording
+    specs = [parse_caption(e.prompt) for e in suite]
+    # every value of the vocabulary is asked for, moving and still
+    from opensora_mlops.curation.synthetic import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES
+
+    assert {s.colour for s in specs} == set(COLOURS)
+    assert {s.shape for s in specs} == set(SHAPES)
+    assert {s.background for s in specs} == set(BACKGROUNDS)
+    assert {s.direction for s in specs} == {*DIRECTIONS, None}
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -99,6 +120,16 @@ def test_wrong_subject_lowers_colour_and_object_class():
     wrong = _frames(caption_for(ShotSpec("green", "triangle", "gray")))
     result = score_suite([(entry, wrong)], progress=False)
     assert result.scores == {"object_class": 0.0, "color": 0.0}
+
+
+def test_colour_and_object_class_need_the_subject_in_most_frames():
+    caption = "a red circle on a gray background"
+    entry = SuiteEntry(caption, ("color", "object_class"))
+    frames = _frames(caption)
+    assert score_suite([(entry, frames)], progress=False).scores == {"object_class": 1.0, "color": 1.0}
+    flashing = frames.copy()
+    flashing[::2] = frames[0, 0, 0]  # the circle is gone from every other frame (half of them)
+    assert score_suite([(entry, flashing)], progress=False).scores == {"object_class": 0.0, "color": 0.0}
 
 
 # ------------------------------------------------------------------ pretrained evaluators (tiny, local)
@@ -274,12 +305,10 @@ def test_loss_by_timestep_is_reproducible_and_covers_every_range():
     other_noise = loss_by_timestep(model, diffusion, x_start, kwargs, timesteps_per_range=2, seed=4)
     assert not np.array_equal(table["loss"].to_numpy(), other_noise["loss"].to_numpy())
     summary = summarise_by_range(table)
-    assert set(summary) == {
-        "val_loss_t000_250",
-        "val_loss_t250_500",
-        "val_loss_t500_750",
-        "val_loss_t750_1000",
+    ranges = ("t000_250", "t250_500", "t500_750", "t750_1000")
+    assert set(summary) == {f"val_{kind}_{r}" for kind in ("loss", "x0_mse") for r in ranges} | {
         "val_loss",
+        "val_x0_mse",
     }
     assert np.isfinite(list(summary.values())).all()
     np.testing.assert_allclose((table["mse"] + table["vb"]).to_numpy(), table["loss"].to_numpy(), rtol=1e-5)

@@ -66,7 +66,9 @@ def test_real_synthetic_clips_score_high_and_noise_scores_low(tmp_path):
     assert summary["real"]["adherence"] >= 0.95, table[table.group == "real"]
     assert summary["real"]["colour"] == 1.0
     assert summary["real"]["direction"] == 1.0
-    assert summary["noise"]["adherence"] <= 0.1
+    assert summary["real"]["background"] == summary["real"]["background_stable"] == 1.0
+    assert summary["noise"]["adherence"] == summary["noise"]["overall"] == 0.0
+    assert summary["noise"]["background_stable"] == 0.0
     assert summary["real"]["n"] == summary["noise"]["n"] == len(real)
 
 
@@ -91,7 +93,10 @@ def test_wrong_caption_scores_per_attribute():
     assert right.adherence == 1.0
     wrong_colour = adherence_scores(frames, "a blue triangle moving left quickly on a black background")
     assert (wrong_colour.colour_ok, wrong_colour.shape_ok, wrong_colour.direction_ok) == (0.0, 1.0, 1.0)
-    wrong_all = adherence_scores(frames, "a red circle moving right slowly on a black background")
+    wrong_background = adherence_scores(frames, "a green triangle moving left quickly on a navy background")
+    assert (wrong_background.background_ok, wrong_background.background_stable) == (0.0, 1.0)
+    assert wrong_background.adherence == 0.75 and wrong_background.overall == 0.0
+    wrong_all = adherence_scores(frames, "a red circle moving right slowly on a gray background")
     assert wrong_all.adherence == 0.0
     still_caption = adherence_scores(frames, "a green triangle on a black background")
     assert still_caption.direction_ok == 0.0 and still_caption.found_direction == "left"

@@ -1,6 +1,13 @@
 """The evaluation run: generate the suite's prompts with the trained and an untrained model, collect
 real clips, score everything, measure the validation loss by timestep range.
 
+Every prompt is generated with several seeds (``samples_per_prompt`` or ``generation.seeds``), and every
+score is reported with a bootstrap confidence interval over prompts (the samples of one prompt are
+resampled together) and, for prompt adherence, beside the score a uniform guess gets. Prompts are split
+into *seen* (their colour/shape/background/direction combination occurs among the captions of the clips
+the model was trained on: the training splits of the stages' latent caches) and *held-out*; besides the
+suite, ``training_prompts`` training captions are evaluated so that the seen split is never empty.
+
 The Kedro nodes in ``opensora_mlops.pipelines.evaluation`` are thin wrappers around these functions.
 A *stage manifest* is what the training pipeline writes as ``stageN.model``: ``weights_dir`` (an
 STDiT2 ``save_pretrained`` directory), ``text_encoder`` (a ``build_text_encoder`` config) and ``vae``
@@ -9,7 +16,7 @@ STDiT2 ``save_pretrained`` directory), ``text_encoder`` (a ``build_text_encoder`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +30,7 @@ from opensora_mlops.config import ConfigError, check_keys, strict_dataclass
 from opensora_mlops.curation.synthetic import parse_caption
 from opensora_mlops.evaluation import prompt_adherence
 from opensora_mlops.evaluation.features import EvaluationModels
+from opensora_mlops.evaluation.statistics import cluster_bootstrap
 from opensora_mlops.evaluation.validation import loss_by_timestep, timestep_ranges
 from opensora_mlops.evaluation.vbench import (
     IMPLEMENTED_DIMENSIONS,
@@ -34,9 +42,14 @@ from opensora_mlops.evaluation.vbench import (
     score_suite,
 )
 
-GENERATION_KEYS = ("num_frames", "height", "width", "fps", "steps", "cfg_scale", "seed", "batch_size")
+GENERATION_KEYS = ("num_frames", "height", "width", "fps", "steps", "cfg_scale", "seed", "seeds", "batch_size")
 VALIDATION_KEYS = ("num_ranges", "timesteps_per_range", "max_clips", "seed")
 REAL_KEYS = ("max_clips", "max_frames")
+ADHERENCE_KEYS = ("min_subject_fraction", "min_background_fraction", "max_background_spread", "min_track_consistency")
+STATISTICS_KEYS = ("confidence", "resamples", "seed")
+#: VBench dimensions scored on the training prompts added to the suite (the cheap ones that need no
+#: motion in the caption).
+TRAINING_PROMPT_DIMENSIONS = ("subject_consistency", "background_consistency", "color", "object_class")
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,8 @@ class EvaluationConfig:
 
     suite_path: str | None = None  # None: the bundled synthetic-vocabulary suite
     max_prompts: int = 6
-    samples_per_prompt: int = 1
+    samples_per_prompt: int = 3  # seeds per prompt (generation.seeds, when given, wins)
+    training_prompts: int = 6  # training captions added to the suite (seen combinations)
     groups: tuple[str, ...] = ("trained", "untrained")
     untrained_seed: int = 0
     generation: dict[str, Any] = field(
@@ -61,6 +75,17 @@ class EvaluationConfig:
         }
     )
     real_clips: dict[str, Any] = field(default_factory=lambda: {"max_clips": 8, "max_frames": 32})
+    adherence: dict[str, Any] = field(
+        default_factory=lambda: {
+            "min_subject_fraction": 0.6,
+            "min_background_fraction": 0.8,
+            "max_background_spread": 8.0,
+            "min_track_consistency": 0.8,
+        }
+    )
+    statistics: dict[str, Any] = field(
+        default_factory=lambda: {"confidence": 0.95, "resamples": 2000, "seed": 0}
+    )
     validation: dict[str, Any] = field(
         default_factory=lambda: {"num_ranges": 4, "timesteps_per_range": 2, "max_clips": 4, "seed": 0}
     )
@@ -75,6 +100,8 @@ class EvaluationConfig:
         check_keys(self.generation, GENERATION_KEYS, "evaluation.generation")
         check_keys(self.validation, VALIDATION_KEYS, "evaluation.validation")
         check_keys(self.real_clips, REAL_KEYS, "evaluation.real_clips")
+        check_keys(self.adherence, ADHERENCE_KEYS, "evaluation.adherence")
+        check_keys(self.statistics, STATISTICS_KEYS, "evaluation.statistics")
         unknown = [g for g in self.groups if g not in ("trained", "untrained")]
         if unknown or not self.groups:
             raise ConfigError(
@@ -85,6 +112,22 @@ class EvaluationConfig:
                 f"evaluation.max_prompts and samples_per_prompt must be >= 1, got {self.max_prompts}, "
                 f"{self.samples_per_prompt}"
             )
+        if self.training_prompts < 0:
+            raise ConfigError(f"evaluation.training_prompts must be >= 0, got {self.training_prompts}")
+        seeds = self.generation.get("seeds")
+        if seeds is not None and (
+            not isinstance(seeds, list | tuple)
+            or not seeds
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)
+            or len(set(seeds)) != len(seeds)
+        ):
+            raise ConfigError(f"evaluation.generation.seeds must be a non-empty list of distinct integers, got {seeds!r}")
+        confidence = float(self.statistics.get("confidence", 0.95))
+        if not 0.0 < confidence < 1.0 or int(self.statistics.get("resamples", 2000)) < 1:
+            raise ConfigError(
+                "evaluation.statistics: confidence must be in (0, 1) and resamples >= 1, got "
+                f"{self.statistics}"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> EvaluationConfig:
@@ -92,6 +135,19 @@ class EvaluationConfig:
 
     def generation_settings(self) -> dict[str, Any]:
         return {**EvaluationConfig().generation, **self.generation}
+
+    def adherence_settings(self) -> dict[str, float]:
+        return {k: float(v) for k, v in {**EvaluationConfig().adherence, **self.adherence}.items()}
+
+    def statistics_settings(self) -> dict[str, Any]:
+        return {**EvaluationConfig().statistics, **self.statistics}
+
+    def seeds(self) -> list[int]:
+        """One generation seed per sample of a prompt: ``generation.seeds``, else ``generation.seed`` +
+        0 .. ``samples_per_prompt`` - 1."""
+        if self.generation.get("seeds") is not None:
+            return [int(v) for v in self.generation["seeds"]]
+        return [int(self.generation_settings()["seed"]) + k for k in range(self.samples_per_prompt)]
 
 
 # ------------------------------------------------------------------------------ components
@@ -117,8 +173,49 @@ def untrained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return type(model)(model.config).eval()
 
 
-def suite_entries(config: EvaluationConfig) -> list[SuiteEntry]:
-    return load_prompt_suite(config.suite_path)[: config.max_prompts]
+def training_captions(manifests: Sequence[Mapping[str, Any] | None]) -> list[str]:
+    """Captions of the clips the stages trained on, from their latent cache manifests: the ``train_dir``
+    split of a cached stage (its held-out clips are not trained on), the whole ``bucket_table`` of an
+    online one. Missing manifests (None) are skipped."""
+    from opensora_mlops.training.latents import INDEX_FILE
+
+    captions: list[str] = []
+    for manifest in manifests:
+        if not manifest:
+            continue
+        if manifest.get("train_dir"):
+            table_path = Path(manifest["train_dir"]) / INDEX_FILE
+        elif manifest.get("bucket_table"):
+            table_path = Path(manifest["bucket_table"])
+        else:
+            raise ConfigError(
+                f"latent cache manifest of {manifest.get('stage', '?')} names neither train_dir nor "
+                f"bucket_table (keys: {sorted(manifest)})"
+            )
+        if not table_path.is_file():
+            raise FileNotFoundError(f"training clip table of {manifest.get('stage', '?')} not found: {table_path}")
+        captions += [str(t) for t in pd.read_parquet(table_path, columns=["text"])["text"]]
+    return captions
+
+
+def suite_entries(config: EvaluationConfig, training: Sequence[str] = ()) -> list[SuiteEntry]:
+    """The suite's first ``max_prompts`` entries, then up to ``training_prompts`` training captions whose
+    combinations the suite lacks (distinct combinations, a seeded draw; worded as in training, scored on
+    :data:`TRAINING_PROMPT_DIMENSIONS`)."""
+    entries = load_prompt_suite(config.suite_path)[: config.max_prompts]
+    if not config.training_prompts:
+        return entries
+    taken = {prompt_adherence.combination_of(e.prompt) for e in entries}
+    by_combination: dict[tuple[str, str, str, str], str] = {}
+    for caption in sorted(set(training)):
+        combination = prompt_adherence.combination_of(caption)
+        if combination is not None and combination not in taken:
+            by_combination.setdefault(combination, caption)
+    candidates = [by_combination[c] for c in sorted(by_combination)]
+    rng = np.random.default_rng(int(config.statistics_settings()["seed"]))
+    count = min(config.training_prompts, len(candidates))
+    chosen = sorted(rng.choice(len(candidates), size=count, replace=False).tolist()) if count else []
+    return entries + [SuiteEntry(candidates[i], TRAINING_PROMPT_DIMENSIONS) for i in chosen]
 
 
 def generation_for_model(config: EvaluationConfig, train_conditions: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -143,8 +240,11 @@ def generate_group(
     scheduler: Mapping[str, Any] | None = None,
     train_conditions: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Generate ``samples_per_prompt`` videos per suite entry; MP4 + GIF + JSON sidecar under
-    ``output_dir/<group>``. Returns one record per video: group, prompt, dimensions, files.
+    """Generate one video per suite entry and seed (:meth:`EvaluationConfig.seeds`); MP4 + GIF + JSON
+    sidecar under ``output_dir/<group>``. Returns one record per video: group, prompt, dimensions, seed,
+    sample (the seed's index), files. Prompts are batched ``batch_size`` at a time; a batch's noise comes
+    from one generator seeded with the sample's seed and the batch index, so a sample is reproducible
+    given the suite and the batch size.
 
     ``scheduler`` is the config the model was trained with (its ``scheduler.json``; default 1.1's ε
     IDDPM), sampled with the evaluation's steps and guidance. Generation settings left null (``fps``)
@@ -154,13 +254,13 @@ def generate_group(
 
     gen = generation_for_model(config, train_conditions)
     sampler = build_scheduler(scheduler, steps=int(gen["steps"]), cfg_scale=float(gen["cfg_scale"]))
-    prompts = [e.prompt for e in entries for _ in range(config.samples_per_prompt)]
-    dims = [list(e.dimensions) for e in entries for _ in range(config.samples_per_prompt)]
     batch = int(gen["batch_size"])
+    jobs = [(k, seed, start) for k, seed in enumerate(config.seeds()) for start in range(0, len(entries), batch)]
     records: list[dict[str, Any]] = []
     out_dir = Path(config.output_dir) / group
-    for start in tqdm(range(0, len(prompts), batch), desc=f"generate ({group})", disable=not config.progress):
-        chunk = prompts[start : start + batch]
+    for sample, seed, start in tqdm(jobs, desc=f"generate ({group})", disable=not config.progress):
+        chunk_entries = entries[start : start + batch]
+        chunk = [e.prompt for e in chunk_entries]
         result = generate(
             model,
             vae,
@@ -171,15 +271,28 @@ def generate_group(
             width=int(gen["width"]),
             fps=float(gen["fps"]),
             scheduler=sampler,
-            seed=int(gen["seed"]) + start,
+            seed=batch_seed(seed, start // batch),
             progress=False,
-            extra_settings={"evaluation_group": group},
+            extra_settings={"evaluation_group": group, "evaluation_seed": seed},
         )
-        files = save_generation(result, out_dir, name=f"sample_{start:04d}")
-        for offset, written in enumerate(files):
-            index = start + offset
-            records.append({"group": group, "prompt": prompts[index], "dimensions": dims[index], **written})
+        files = save_generation(result, out_dir, name=f"seed{seed}_{start:04d}")
+        for entry, written in zip(chunk_entries, files, strict=True):
+            records.append(
+                {
+                    "group": group,
+                    "prompt": entry.prompt,
+                    "dimensions": list(entry.dimensions),
+                    "seed": seed,
+                    "sample": sample,
+                    **written,
+                }
+            )
     return records
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """Generator seed of one batch: distinct for every (seed, batch) pair with under a million batches."""
+    return int(seed) * 1_000_003 + int(batch_index)
 
 
 def real_clip_records(table: pd.DataFrame | None, config: EvaluationConfig) -> list[dict[str, Any]]:
@@ -216,13 +329,28 @@ def _read_frames(record: Mapping[str, Any], max_frames: int | None) -> np.ndarra
 
 # ------------------------------------------------------------------------------ scoring
 def score_records(
-    records: Sequence[Mapping[str, Any]], config: EvaluationConfig
+    records: Sequence[Mapping[str, Any]],
+    config: EvaluationConfig,
+    seen: Iterable[Sequence[str]] = (),
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """VBench-style scores per group and the prompt adherence table (one row per clip).
 
-    Returns ``({"vbench": {group: {dim: score}}, "methods", "not_implemented", "not_applicable",
-    "adherence": {group: summary}}, adherence_table)``.
+    ``seen`` holds the (colour, shape, background, direction) combinations of the training captions
+    (:func:`prompt_adherence.training_combinations`); each clip's prompt is tagged seen or held-out.
+
+    Returns ``(summary, adherence_table)``; ``summary`` has ``vbench`` {group: {dim: mean}},
+    ``vbench_ci`` {group: {dim_low, dim_high}}, ``adherence`` {group: {metric, metric_low, metric_high,
+    n, prompts}} and the same per split in ``adherence_seen`` / ``adherence_held_out``, ``chance``
+    {metric: guess score}, ``splits`` {split: prompts}, ``methods``, ``implemented``,
+    ``not_implemented``, ``not_applicable``.
     """
+    seen_set = {tuple(c) for c in seen}
+    stats = config.statistics_settings()
+    interval_kwargs = {
+        "confidence": float(stats["confidence"]),
+        "num_resamples": int(stats["resamples"]),
+        "seed": int(stats["seed"]),
+    }
     scorers = Scorers.from_models(EvaluationModels.from_dict(config.pretrained))
     max_frames = config.real_clips.get("max_frames")
     by_group: dict[str, list[tuple[SuiteEntry, np.ndarray, str]]] = {}
@@ -233,6 +361,7 @@ def score_records(
             (entry, frames, record.get("video") or record.get("image"))
         )
     vbench: dict[str, dict[str, float]] = {}
+    vbench_ci: dict[str, dict[str, float]] = {}
     methods: dict[str, str] = {}
     not_implemented: set[str] = set()
     not_applicable: dict[str, list[str]] = {}
@@ -241,6 +370,10 @@ def score_records(
         samples = [(e, f) for e, f, _ in items]
         result = score_suite(samples, scorers, progress=config.progress)
         vbench[group] = result.scores
+        vbench_ci[group] = {}
+        for dim, rows in result.per_video.groupby("dimension", sort=True):
+            interval = cluster_bootstrap(rows["value"].to_numpy(), rows["prompt"].to_numpy(), **interval_kwargs)
+            vbench_ci[group] |= {f"{dim}_low": interval.low, f"{dim}_high": interval.high}
         methods.update(result.methods)
         not_implemented.update(result.not_implemented)
         for dim, prompts in result.not_applicable.items():
@@ -248,23 +381,35 @@ def score_records(
             not_applicable[dim] += [p for p in prompts if p not in not_applicable[dim]]
         clips = [(e.prompt, f) for e, f, _ in items if parse_caption(e.prompt) is not None]
         if clips:
-            table = prompt_adherence.score_clips(clips, group)
+            table = prompt_adherence.score_clips(clips, group, **config.adherence_settings())
             table["video"] = [v for e, _, v in items if parse_caption(e.prompt) is not None]
+            table["split"] = [prompt_adherence.split_of(c, seen_set) for c in table["caption"]]
             adherence_tables.append(table)
     adherence_table = (
         pd.concat(adherence_tables, ignore_index=True)
         if adherence_tables
         else pd.DataFrame(
-            columns=["group", "caption", "colour_ok", "shape_ok", "direction_ok", "adherence", "video"]
+            columns=["group", *prompt_adherence.AdherenceScore.__dataclass_fields__, "video", "split"]
         )
     )
-    summary = {
+    summary: dict[str, Any] = {
         "vbench": vbench,
+        "vbench_ci": vbench_ci,
         "methods": methods,
         "implemented": list(IMPLEMENTED_DIMENSIONS),
         "not_implemented": sorted(not_implemented),
         "not_applicable": not_applicable,
-        "adherence": prompt_adherence.summarise(adherence_table) if len(adherence_table) else {},
+        "chance": dict(prompt_adherence.CHANCE),
+    }
+    for key, rows in (
+        ("adherence", adherence_table),
+        ("adherence_seen", adherence_table[adherence_table["split"] == prompt_adherence.SEEN]),
+        ("adherence_held_out", adherence_table[adherence_table["split"] == prompt_adherence.HELD_OUT]),
+    ):
+        summary[key] = prompt_adherence.summarise_with_intervals(rows, **interval_kwargs) if len(rows) else {}
+    summary["splits"] = {
+        split: sorted(set(adherence_table.loc[adherence_table["split"] == split, "caption"]))
+        for split in (prompt_adherence.SEEN, prompt_adherence.HELD_OUT)
     }
     return summary, adherence_table
 
@@ -310,12 +455,26 @@ def validation_loss_table(
 
 
 # ------------------------------------------------------------------------------ metrics
+def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        str(k): float(v)
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+    }
+
+
 def evaluation_metrics(scores: Mapping[str, Any], val_loss: pd.DataFrame | None) -> dict[str, Any]:
-    """Nested metrics for DVC (``metrics.json``): vbench.<group>.<dim>, adherence.<group>.<metric>,
-    val_loss.<group>.t<start>_<end> and val_loss.<group>.mean."""
-    metrics: dict[str, Any] = {"vbench": scores.get("vbench", {}), "adherence": {}}
-    for group, values in (scores.get("adherence") or {}).items():
-        metrics["adherence"][group] = {k: float(v) for k, v in values.items()}
+    """Metrics for DVC (``metrics.json``), numbers only: vbench.<group>.<dim> (and vbench_ci.<group>.
+    <dim>_low/_high), adherence.<group>.<metric> (and <metric>_low/_high, n, prompts), the same per split
+    under adherence_seen / adherence_held_out, chance.<metric>, val_loss.<group>.t<start>_<end> and
+    val_loss.<group>.mean, and the same for the x̂_0 error under val_x0_mse when it was measured."""
+    metrics: dict[str, Any] = {
+        "vbench": {g: _numbers(v) for g, v in (scores.get("vbench") or {}).items()},
+        "vbench_ci": {g: _numbers(v) for g, v in (scores.get("vbench_ci") or {}).items()},
+        "chance": _numbers(scores.get("chance") or prompt_adherence.CHANCE),
+    }
+    for key in ("adherence", "adherence_seen", "adherence_held_out"):
+        metrics[key] = {g: _numbers(v) for g, v in (scores.get(key) or {}).items()}
     if val_loss is not None and len(val_loss):
         metrics["val_loss"] = {}
         for group, rows in val_loss.groupby("group", sort=False):
@@ -323,6 +482,14 @@ def evaluation_metrics(scores: Mapping[str, Any], val_loss: pd.DataFrame | None)
             metrics["val_loss"][str(group)] = {
                 f"t{int(a):03d}_{int(b):03d}": float(v) for (a, b), v in per_range.items()
             } | {"mean": float(rows["loss"].mean())}
+        if "x0_mse" in val_loss.columns:
+            # the clean-latent error: an ε loss can look healthy while x̂_0 is worse than predicting 0
+            metrics["val_x0_mse"] = {}
+            for group, rows in val_loss.groupby("group", sort=False):
+                per_range = rows.groupby(["range_start", "range_end"], sort=True)["x0_mse"].mean()
+                metrics["val_x0_mse"][str(group)] = {
+                    f"t{int(a):03d}_{int(b):03d}": float(v) for (a, b), v in per_range.items()
+                } | {"mean": float(rows["x0_mse"].mean())}
     return metrics
 
 
@@ -347,6 +514,7 @@ __all__ = [
     "real_clip_records",
     "score_records",
     "suite_entries",
+    "training_captions",
     "untrained_like",
     "validation_loss_table",
 ]

@@ -13,20 +13,31 @@ temporal_flickering  (255 − MAE of consecutive frames)/255 same formula, restr
 motion_smoothness    AMT-S interpolates dropped frames,    Farneback flow-warp interpolation of every
                      (255 − MAE)/255                       middle frame from its two neighbours, same map
 dynamic_degree       RAFT flow, top-5% magnitude per pair  Farneback flow, same top-5% rule and
-                     > 6·min(H,W)/256 on enough pairs      thresholds
+                     > 6·min(H,W)/256 on enough pairs      thresholds; pairs of noise frames (Immerkær
+                                                           σ > 10) are not motion
 subject_consistency  DINO ViT-B/16 cosine to first and     DINO/CLIP features from a local path, or a
-                     previous frame                        colour histogram + HOG of the foreground
+                     previous frame                        colour histogram + HOG of the foreground; a
+                                                           frame without a subject scores 0
 background_consist.  CLIP ViT-B/32, same formula           CLIP features from a local path, or a colour
-                                                           histogram + coarse HOG of the background
+                                                           histogram + coarse HOG of the background,
+                                                           times the share of background pixels that
+                                                           keep their colour
 aesthetic_quality    LAION aesthetic MLP on CLIP ViT-L/14  the same when both weights are configured,
-                                                           else sharpness·exposure·colour·(1−noise)
+                                                           else (sharpness·exposure·colour)^⅓·(1−noise)
 imaging_quality      MUSIQ (SPAQ)                          CLIP-IQA when a CLIP path is configured, else
                                                            Laplacian-variance sharpness damped by an
                                                            Immerkær noise estimate (no-reference)
 ==================== ===================================== ===========================================
 
+The classical fall-backs are built so that noise cannot pass for a good video (the tests score pure
+noise, a static gray clip and rendered corpus clips on every dimension): independent random frames
+have near-identical colour histograms and HOG statistics, and Farneback flow finds large "motion" in
+them, so the consistency dimensions also ask that the subject exist and the background pixels keep
+their colour, and dynamic degree ignores pairs of frames that are mostly noise.
+
 The pretrained paths live in :mod:`opensora_mlops.evaluation.features`; this module only needs a
-callable ``frames -> features [T, D]`` for the consistency dimensions.
+callable ``frames -> features [T, D]`` for the consistency dimensions (the VBench formula on them,
+unchanged, so the numbers compare with VBench's).
 """
 
 from __future__ import annotations
@@ -44,14 +55,15 @@ METHODS: dict[str, str] = {
     "motion_smoothness": "(255 - MAE between each middle frame and its Farneback flow-warp interpolation "
     "from the two neighbours) / 255 (VBench uses AMT-S interpolation)",
     "dynamic_degree": "fraction of videos whose top-5% Farneback flow magnitude exceeds 6*min(H,W)/256 on "
-    "round(4*T/16) frame pairs (VBench rule; VBench uses RAFT)",
+    "round(4*T/16) frame pairs (VBench rule; VBench uses RAFT); pairs with a noise frame (Immerkaer sigma "
+    "> 10) do not count",
     "subject_consistency": "mean over frames of (cos to first frame + cos to previous frame)/2 of "
-    "subject (pixels far from the frame's median colour) colour-histogram + HOG features (classical; DINO "
-    "when configured)",
-    "background_consistency": "mean over frames of (cos to first frame + cos to previous frame)/2 of "
-    "background colour-histogram + coarse HOG of the frame without its subject (classical; CLIP when "
-    "configured)",
-    "aesthetic_quality": "geometric mean of sharpness, exposure, colourfulness and (1 - noise) per frame "
+    "subject (pixels far from the frame's median colour) colour-histogram + HOG features; a pair where "
+    "either frame has no subject scores 0 (classical; DINO when configured)",
+    "background_consistency": "mean over frames of (sim to first frame + sim to previous frame)/2, sim = "
+    "cos of background colour-histogram + coarse HOG features x the share of background pixels within 32 "
+    "RGB of their colour in the other frame (classical; CLIP cosine when configured)",
+    "aesthetic_quality": "cube root of sharpness x exposure x colourfulness, times (1 - noise), per frame "
     "(classical; "
     "LAION aesthetic MLP on CLIP when configured)",
     "imaging_quality": "Laplacian-variance sharpness x (1 - Immerkaer noise estimate), no-reference "
@@ -181,18 +193,28 @@ def motion_smoothness(frames: np.ndarray) -> float:
     return float((255.0 - np.mean(maes)) / 255.0)
 
 
-def is_dynamic(frames: np.ndarray, threshold_at_256: float = 6.0) -> bool:
+#: Immerkær noise σ (grey levels) above which a frame is treated as noise by :func:`is_dynamic`: clean
+#: rendered or camera frames measure 0.1–5, uniform noise ~50, Gaussian noise of σ 50 ~33.
+NOISE_FRAME_SIGMA = 10.0
+
+
+def is_dynamic(frames: np.ndarray, threshold_at_256: float = 6.0, max_noise: float = NOISE_FRAME_SIGMA) -> bool:
     """VBench dynamic-degree rule for one video.
 
     For each consecutive pair, the mean of the top 5% flow magnitudes; the video is dynamic when at
-    least round(4·T/16) (≥ 1) pairs exceed ``threshold_at_256 · min(H, W) / 256`` pixels.
+    least round(4·T/16) (≥ 1) pairs exceed ``threshold_at_256 · min(H, W) / 256`` pixels. A pair where
+    either frame's Immerkær noise σ exceeds ``max_noise`` does not count: optical flow between two noise
+    frames is large and meaningless, and VBench's rule would call pure noise dynamic.
     """
     frames = check_frames(frames, min_frames=2)
     t, h, w, _ = frames.shape
     threshold = threshold_at_256 * min(h, w) / 256.0
     needed = max(1, round(4 * t / 16))
+    noisy = [noise_sigma(_gray(f)) > max_noise for f in frames]
     above = 0
-    for prev, nxt in zip(frames[:-1], frames[1:]):
+    for index, (prev, nxt) in enumerate(zip(frames[:-1], frames[1:])):
+        if noisy[index] or noisy[index + 1]:
+            continue
         magnitude = np.linalg.norm(farneback_flow(prev, nxt), axis=-1).ravel()
         k = max(1, int(0.05 * magnitude.size))
         top = np.partition(magnitude, magnitude.size - k)[-k:]
@@ -294,32 +316,80 @@ def background_features(frames: np.ndarray) -> np.ndarray:
     return np.stack(features)
 
 
+def _pair_cosines(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(max(0, cos(f_0, f_i)), max(0, cos(f_{i−1}, f_i))) for i ≥ 1."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2:
+        raise ValueError(f"features must be [T, D], got shape {features.shape}")
+    normed = features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-12)
+    to_first = np.clip(normed[1:] @ normed[0], 0, None)
+    to_prev = np.clip(np.sum(normed[1:] * normed[:-1], axis=1), 0, None)
+    return to_first, to_prev
+
+
 def feature_consistency(features: np.ndarray) -> float:
     """VBench consistency formula on per-frame features [T, D]: mean over i ≥ 1 of
     (max(0, cos(f_0, f_i)) + max(0, cos(f_{i−1}, f_i))) / 2. One frame: 1."""
     features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2:
-        raise ValueError(f"features must be [T, D], got shape {features.shape}")
-    if features.shape[0] < 2:
+    if features.ndim == 2 and features.shape[0] < 2:
         return 1.0
-    normed = features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-12)
-    to_first = np.clip(normed[1:] @ normed[0], 0, None)
-    to_prev = np.clip(np.sum(normed[1:] * normed[:-1], axis=1), 0, None)
+    to_first, to_prev = _pair_cosines(features)
     return float(np.mean((to_first + to_prev) / 2.0))
 
 
+def pixel_agreement(
+    first: np.ndarray, second: np.ndarray, keep: np.ndarray, tolerance: float = 32.0
+) -> float:
+    """Share of the ``keep`` pixels whose RGB colour differs by at most ``tolerance`` between two frames
+    (0 when no pixel is kept). A static background keeps ~all of them (compression and a VAE move
+    colours by a few levels); two independent noise frames keep ~0.5 % (uniform) or less."""
+    if not keep.any():
+        return 0.0
+    distance = np.linalg.norm(first.astype(np.float32) - second.astype(np.float32), axis=-1)
+    return float((distance[keep] <= tolerance).mean())
+
+
 def subject_consistency(frames: np.ndarray, features: FeatureFn | None = None) -> float:
-    """Subject consistency: :func:`feature_consistency` of ``features(frames)`` (DINO/CLIP when given),
-    else of :func:`subject_features`."""
+    """Subject consistency: :func:`feature_consistency` of ``features(frames)`` (DINO/CLIP when given).
+
+    Classical (no ``features``): the formula on :func:`subject_features`, with the similarity of a pair
+    set to 0 when either frame has no subject (:func:`foreground_masks` finds none: noise, an empty
+    frame): whole-frame histograms of random frames are near-identical, and a subject that is not
+    there is not consistent. One frame: 1.
+    """
     frames = check_frames(frames)
-    return feature_consistency((features or subject_features)(frames))
+    if features is not None:
+        return feature_consistency(features(frames))
+    if frames.shape[0] < 2:
+        return 1.0
+    present = foreground_masks(frames).any(axis=(1, 2)).astype(np.float64)
+    to_first, to_prev = _pair_cosines(subject_features(frames))
+    to_first = to_first * present[1:] * present[0]
+    to_prev = to_prev * present[1:] * present[:-1]
+    return float(np.mean((to_first + to_prev) / 2.0))
 
 
-def background_consistency(frames: np.ndarray, features: FeatureFn | None = None) -> float:
-    """Background consistency: :func:`feature_consistency` of ``features(frames)`` (CLIP when given),
-    else of :func:`background_features`."""
+def background_consistency(
+    frames: np.ndarray, features: FeatureFn | None = None, tolerance: float = 32.0
+) -> float:
+    """Background consistency: :func:`feature_consistency` of ``features(frames)`` (CLIP when given).
+
+    Classical (no ``features``): the formula with the similarity of frames a, b = cos of their
+    :func:`background_features` × :func:`pixel_agreement` over the pixels that are background in both.
+    The features alone rate independent noise frames ~0.95 (their histograms and gradient statistics
+    match); their pixels do not keep their colour, so the product rates noise ~0. One frame: 1.
+    """
     frames = check_frames(frames)
-    return feature_consistency((features or background_features)(frames))
+    if features is not None:
+        return feature_consistency(features(frames))
+    if frames.shape[0] < 2:
+        return 1.0
+    background = ~foreground_masks(frames)
+    to_first, to_prev = _pair_cosines(background_features(frames))
+    for i in range(1, frames.shape[0]):
+        to_first[i - 1] *= pixel_agreement(frames[0], frames[i], background[0] & background[i], tolerance)
+        to_prev[i - 1] *= pixel_agreement(frames[i - 1], frames[i], background[i - 1] & background[i], tolerance)
+    return float(np.mean((to_first + to_prev) / 2.0))
 
 
 # ------------------------------------------------------------------------------ per-frame quality
@@ -348,8 +418,9 @@ def colourfulness(frame: np.ndarray) -> float:
 def frame_aesthetic(frame: np.ndarray, noise_scale: float = 20.0) -> float:
     """Classical aesthetic score of one frame in [0, 1]: geometric mean of
     sharpness (Laplacian variance saturating at ~100), exposure (mean luma near mid-grey, few clipped
-    pixels), colourfulness (Hasler–Süsstrunk M saturating at ~60) and cleanliness (1 − Immerkær noise
-    σ / ``noise_scale``), so that sharp-because-noisy frames do not look beautiful."""
+    pixels) and colourfulness (Hasler–Süsstrunk M saturating at ~60), times cleanliness (1 − Immerkær
+    noise σ / ``noise_scale``, clipped at 0): noise is sharp and colourful, and inside the geometric mean
+    it still scored above clean frames on dark backgrounds; as a factor it zeroes the score."""
     gray = _gray(frame)
     lap = laplacian_variance(gray)
     sharpness = lap / (lap + 100.0)
@@ -360,8 +431,8 @@ def frame_aesthetic(frame: np.ndarray, noise_scale: float = 20.0) -> float:
     colour_score = colour / (colour + 60.0)
     clean = 1.0 - min(1.0, noise_sigma(gray) / noise_scale)
     # a small floor keeps one failed component from zeroing the product entirely
-    parts = np.array([sharpness, exposure, colour_score, clean]) * 0.98 + 0.02
-    return float(np.prod(parts) ** (1.0 / len(parts)))
+    parts = np.array([sharpness, exposure, colour_score]) * 0.98 + 0.02
+    return float(np.prod(parts) ** (1.0 / len(parts)) * clean)
 
 
 def frame_imaging_quality(frame: np.ndarray, noise_scale: float = 20.0) -> float:

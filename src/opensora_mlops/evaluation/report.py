@@ -20,26 +20,45 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+#: Adherence metrics in the order the report and the demo summary show them, with their labels.
+ADHERENCE_ROWS: dict[str, str] = {
+    "background": "background (right and stable)",
+    "background_stable": "background stable",
+    "colour": "colour",
+    "shape": "shape",
+    "direction": "direction",
+    "adherence": "adherence (mean of 4)",
+    "overall": "overall (all 4 right)",
+}
+
 
 @dataclass
 class SampleGif:
     group: str
     prompt: str
     path: str  # relative to the report directory
+    split: str | None = None  # "seen" / "held-out"
 
 
 @dataclass
 class ReportContent:
-    """What the report shows. ``vbench``: {group: {dimension: score}}; ``methods``: {dimension: text};
-    ``adherence``: {group: {"colour", "shape", "direction", "adherence", "n"}}; ``val_loss``: rows
-    ``group, range_start, range_end, timestep, loss``; ``notes``: free text lines."""
+    """What the report shows. ``vbench``: {group: {dimension: score}} (``vbench_ci``: {group:
+    {dimension_low, dimension_high}}); ``methods``: {dimension: text}; ``adherence``: {group: {metric,
+    metric_low, metric_high, "n", "prompts"}} (a metric without _low/_high is shown without interval),
+    ``adherence_splits``: {split name: the same for that split's prompts}; ``chance``: {metric: score of
+    a uniform guess}; ``splits``: {split: prompts}; ``val_loss``: rows ``group, range_start, range_end,
+    timestep, loss`` (and ``x0_mse``); ``notes``: free text lines."""
 
     title: str
     vbench: dict[str, dict[str, float]] = field(default_factory=dict)
+    vbench_ci: dict[str, dict[str, float]] = field(default_factory=dict)
     methods: dict[str, str] = field(default_factory=dict)
     not_implemented: list[str] = field(default_factory=list)
     not_applicable: dict[str, list[str]] = field(default_factory=dict)
     adherence: dict[str, dict[str, float]] = field(default_factory=dict)
+    adherence_splits: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)
+    splits: dict[str, list[str]] = field(default_factory=dict)
     val_loss: pd.DataFrame | None = None
     samples: list[SampleGif] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -47,15 +66,31 @@ class ReportContent:
 
 
 def _grouped_bars(
-    data: Mapping[str, Mapping[str, float]], keys: Sequence[str], title: str, path: Path
+    data: Mapping[str, Mapping[str, float]],
+    keys: Sequence[str],
+    title: str,
+    path: Path,
+    intervals: Mapping[str, Mapping[str, float]] | None = None,
+    chance: Mapping[str, float] | None = None,
 ) -> Path:
+    """Bars per key and group; ``intervals`` {group: {key_low, key_high}} as error bars, ``chance``
+    {key: value} as a dashed mark across the key's bars."""
     groups = list(data)
     x = np.arange(len(keys))
     width = 0.8 / max(1, len(groups))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(keys) + 2), 4.0))
     for i, group in enumerate(groups):
-        values = [float(data[group].get(k, np.nan)) for k in keys]
-        ax.bar(x + (i - (len(groups) - 1) / 2) * width, values, width, label=group)
+        values = np.array([float(data[group].get(k, np.nan)) for k in keys])
+        bounds = (intervals or {}).get(group, data[group])
+        low = np.array([float(bounds.get(f"{k}_low", v)) for k, v in zip(keys, values)])
+        high = np.array([float(bounds.get(f"{k}_high", v)) for k, v in zip(keys, values)])
+        errors = np.nan_to_num(np.stack([values - low, high - values]).clip(min=0.0))
+        ax.bar(x + (i - (len(groups) - 1) / 2) * width, values, width, label=group,
+               yerr=errors if errors.any() else None, capsize=3)
+    for j, key in enumerate(keys):
+        if chance and key in chance:
+            ax.hlines(chance[key], j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=1,
+                      label="chance" if j == min(i for i, k in enumerate(keys) if k in chance) else None)
     ax.set_xticks(x)
     ax.set_xticklabels(keys, rotation=30, ha="right")
     ax.set_ylim(0, 1.25)  # headroom for the legend above bars at 1.0
@@ -69,15 +104,50 @@ def _grouped_bars(
     return path
 
 
-def plot_vbench(vbench: Mapping[str, Mapping[str, float]], path: str | Path) -> Path:
+def plot_vbench(
+    vbench: Mapping[str, Mapping[str, float]],
+    path: str | Path,
+    intervals: Mapping[str, Mapping[str, float]] | None = None,
+) -> Path:
     keys = sorted({k for scores in vbench.values() for k in scores})
-    return _grouped_bars(vbench, keys, "VBench-style dimensions", Path(path))
+    return _grouped_bars(vbench, keys, "VBench-style dimensions (95% CI)", Path(path), intervals=intervals)
 
 
-def plot_adherence(adherence: Mapping[str, Mapping[str, float]], path: str | Path) -> Path:
-    return _grouped_bars(
-        adherence, ["colour", "shape", "direction", "adherence"], "Prompt adherence", Path(path)
-    )
+def plot_adherence(
+    adherence: Mapping[str, Mapping[str, float]],
+    path: str | Path,
+    chance: Mapping[str, float] | None = None,
+    title: str = "Prompt adherence (95% CI; dashed: chance)",
+) -> Path:
+    keys = [k for k in ADHERENCE_ROWS if any(k in v for v in adherence.values())]
+    return _grouped_bars(adherence, keys, title, Path(path), chance=chance)
+
+
+def format_interval(values: Mapping[str, float], key: str, digits: int = 2) -> str:
+    """``mean [low, high]`` of ``key`` in ``values`` (just the mean without an interval; "n/a" if absent)."""
+    mean = values.get(key)
+    if mean is None or not np.isfinite(mean):
+        return "n/a"
+    low, high = values.get(f"{key}_low"), values.get(f"{key}_high")
+    if low is None or high is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def adherence_rows(
+    adherence: Mapping[str, Mapping[str, float]], chance: Mapping[str, float]
+) -> dict[str, dict[str, str]]:
+    """{metric label: {"chance": ..., group: "mean [low, high]", ...}} for the report and the demo."""
+    rows: dict[str, dict[str, str]] = {}
+    for key, label in ADHERENCE_ROWS.items():
+        if not any(key in v for v in adherence.values()):
+            continue
+        guess = chance.get(key)
+        rows[label] = {"chance": f"{guess:.3f}" if guess is not None else "n/a"}
+        rows[label] |= {group: format_interval(values, key) for group, values in adherence.items()}
+    counts = {g: f"{int(v.get('prompts', 0))} prompts, {int(v.get('n', 0))} clips" for g, v in adherence.items()}
+    rows["scored"] = {"chance": ""} | counts
+    return rows
 
 
 def plot_val_loss(table: pd.DataFrame, path: str | Path) -> Path:
@@ -90,9 +160,13 @@ def plot_val_loss(table: pd.DataFrame, path: str | Path) -> Path:
         if i % 2:
             ax.axvspan(start, _end, color="grey", alpha=0.1)
     ax.set_xlabel("timestep t")
-    ax.set_ylabel("IDDPM loss (MSE + VB)")
+    ax.set_ylabel("training objective's loss")
     ax.set_yscale("log")
     ax.set_title("Validation loss by timestep (fixed noise)")
+    if "x0_mse" in table.columns:
+        for group, rows in table.groupby("group", sort=False):
+            per_t = rows.groupby("timestep", sort=True)["x0_mse"].mean()
+            ax.plot(per_t.index, per_t.values, marker="x", linestyle="dotted", label=f"{group} x̂0 MSE")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -135,9 +209,14 @@ def write_report(content: ReportContent, out_dir: str | Path) -> dict[str, str]:
         f"<h1>{html.escape(content.title)}</h1>",
     ]
     if content.vbench:
-        written["vbench_plot"] = str(plot_vbench(content.vbench, out / "plots" / "vbench_dimensions.png"))
+        written["vbench_plot"] = str(
+            plot_vbench(content.vbench, out / "plots" / "vbench_dimensions.png", content.vbench_ci)
+        )
         dims = sorted({k for s in content.vbench.values() for k in s})
-        by_dim = {d: {g: content.vbench[g].get(d) for g in content.vbench} for d in dims}
+        by_dim = {
+            d: {g: format_interval(content.vbench[g] | content.vbench_ci.get(g, {}), d, 4) for g in content.vbench}
+            for d in dims
+        }
         methods = {d: {"method": content.methods.get(d, "")} for d in dims}
         parts += [
             "<h2>VBench-style dimensions</h2>",
@@ -158,30 +237,60 @@ def write_report(content: ReportContent, out_dir: str | Path) -> dict[str, str]:
             )
     if content.adherence:
         written["adherence_plot"] = str(
-            plot_adherence(content.adherence, out / "plots" / "prompt_adherence.png")
+            plot_adherence(content.adherence, out / "plots" / "prompt_adherence.png", content.chance)
         )
+        groups = list(content.adherence)
         parts += [
             "<h2>Prompt adherence (synthetic vocabulary)</h2>",
-            "<p>Colour, shape and motion direction recovered from the frames by classical computer vision "
-            "(segmentation against the dominant background colour, blob extent/circularity/polygon vertices, "
-            "centroid trajectory) and compared with the caption. Real clips are the upper bound.</p>",
+            "<p>Background, colour, shape and motion direction recovered from the frames by classical "
+            "computer vision (the dominant flat colour per frame, segmentation against it, blob "
+            "extent/circularity/polygon vertices, centroid trajectory) and compared with the caption. The "
+            "background counts only when it is the caption's in most frames with a steady colour; colour, "
+            "shape and direction only when a single subject is found in most frames. Each cell is the mean "
+            "with a 95% bootstrap interval over prompts (all seeds of a prompt resampled together); "
+            "<em>chance</em> is what a uniform guess scores (1/|vocabulary| per attribute, the mean of those "
+            "for adherence, their product for overall). Real clips are the upper bound.</p>",
             "<img src='plots/prompt_adherence.png' alt='prompt adherence'>",
-            _html_table(content.adherence, ["colour", "shape", "direction", "adherence", "n"], "group"),
+            "<h3>All prompts</h3>",
+            _html_table(adherence_rows(content.adherence, content.chance), ["chance", *groups], "metric"),
         ]
+        for split, values in content.adherence_splits.items():
+            key = split.replace("-", "_")
+            prompts = content.splits.get(key, [])
+            parts.append(f"<h3>{html.escape(split.capitalize())} combinations</h3>")
+            described = {
+                "seen": "prompts whose colour, shape, background and direction occur together in a "
+                "training caption",
+                "held-out": "prompts whose combination no training caption has",
+            }.get(split, "")
+            if values:
+                parts += [
+                    f"<p>{len(prompts)} {html.escape(described)}.</p>",
+                    _html_table(adherence_rows(values, content.chance), ["chance", *values], "metric"),
+                ]
+            else:
+                parts.append(f"<p>No {html.escape(described)} were evaluated.</p>")
+            if prompts:
+                parts.append(
+                    "<details><summary>prompts</summary><ul>"
+                    + "".join(f"<li>{html.escape(p)}</li>" for p in prompts)
+                    + "</ul></details>"
+                )
     if content.val_loss is not None and len(content.val_loss):
         written["val_loss_plot"] = str(
             plot_val_loss(content.val_loss, out / "plots" / "val_loss_by_timestep.png")
         )
+        value_columns = [c for c in ("loss", "x0_mse") if c in content.val_loss.columns]
         ranges = (
-            content.val_loss.groupby(["group", "range_start", "range_end"], sort=True)["loss"]
+            content.val_loss.groupby(["group", "range_start", "range_end"], sort=True)[value_columns]
             .mean()
             .reset_index()
         )
         rows: dict[str, dict[str, Any]] = {}
         for _, r in ranges.iterrows():
-            rows.setdefault(str(r["group"]), {})[f"[{int(r['range_start'])}, {int(r['range_end'])})"] = float(
-                r["loss"]
-            )
+            for column in value_columns:
+                name = str(r["group"]) + ("" if column == "loss" else " (x̂0 MSE)")
+                rows.setdefault(name, {})[f"[{int(r['range_start'])}, {int(r['range_end'])})"] = float(r[column])
         columns = list(next(iter(rows.values())).keys()) if rows else []
         parts += [
             "<h2>Validation loss by timestep range</h2>",
@@ -189,17 +298,28 @@ def write_report(content: ReportContent, out_dir: str | Path) -> dict[str, str]:
             _html_table(rows, columns, "model"),
         ]
     if content.samples:
-        parts.append("<h2>Samples</h2>")
+        parts.append("<h2>Samples</h2><p>The first seed of each prompt; every seed's video is in the "
+                     "evaluation output folder.</p>")
         for group in dict.fromkeys(s.group for s in content.samples):
             figures = "".join(
                 f"<figure><img src='{html.escape(s.path)}' alt='{html.escape(s.prompt)}'>"
-                f"<figcaption>{html.escape(s.prompt)}</figcaption></figure>"
+                f"<figcaption>{html.escape(s.prompt)}{f' ({html.escape(s.split)})' if s.split else ''}"
+                "</figcaption></figure>"
                 for s in content.samples
                 if s.group == group
             )
             parts += [f"<h3>{html.escape(group)}</h3>", f"<div class='gifs'>{figures}</div>"]
     if content.notes:
         parts += ["<h2>Notes</h2><ul>"] + [f"<li>{html.escape(n)}</li>" for n in content.notes] + ["</ul>"]
+    timing = content.settings.get("timing") or {}
+    if timing:
+        generated = ", ".join(f"{g} {float(v):.0f} s" for g, v in (timing.get("generate_s") or {}).items())
+        score_s = timing.get("score_s")
+        parts.append(
+            f"<h2>Evaluation cost</h2><p>{int(timing.get('videos', 0))} videos generated ({generated or 'n/a'})"
+            + (f"; scoring every clip took {float(score_s):.0f} s" if score_s is not None else "")
+            + ".</p>"
+        )
     if content.settings:
         parts += [
             "<h2>Settings</h2>",

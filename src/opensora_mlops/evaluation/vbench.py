@@ -5,8 +5,9 @@ full-info file may add ``"auxiliary_info"``, accepted and ignored). Every video 
 scored on that prompt's dimensions that are implemented here; the others are listed as not implemented.
 
 Implemented: the seven quality dimensions of :mod:`opensora_mlops.evaluation.metrics`, plus ``color``
-and ``object_class`` for prompts in the synthetic corpus vocabulary (classical colour / shape recognition
-of :mod:`opensora_mlops.evaluation.prompt_adherence`; VBench uses GRiT detections).
+and ``object_class`` for prompts in the synthetic corpus vocabulary (the colour and shape checks of
+:func:`opensora_mlops.evaluation.prompt_adherence.adherence_scores`, which ask for the subject in most
+frames; VBench uses GRiT detections).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from opensora_mlops.evaluation.features import (
     LaionAestheticScorer,
     TransformersImageFeatures,
 )
-from opensora_mlops.evaluation.prompt_adherence import analyse_clip
+from opensora_mlops.evaluation.prompt_adherence import adherence_scores
 
 #: VBench's 16 dimensions, in its order.
 ALL_DIMENSIONS: tuple[str, ...] = (
@@ -57,10 +58,11 @@ SYNTHETIC_DIMENSIONS: tuple[str, ...] = ("object_class", "color")
 IMPLEMENTED_DIMENSIONS: tuple[str, ...] = QUALITY_DIMENSIONS + SYNTHETIC_DIMENSIONS
 
 SYNTHETIC_METHODS = {
-    "object_class": "shape recognised by blob extent + circularity + approxPolyDP vertices equals the "
-    "caption's shape (synthetic vocabulary prompts only; VBench uses GRiT)",
-    "color": "nearest vocabulary colour to the segmented subject's mean RGB equals the caption's colour "
-    "(synthetic vocabulary prompts only; VBench uses GRiT)",
+    "object_class": "a single subject in >= 60% of the frames, and the caption's shape wins the per-frame "
+    "vote (blob extent + circularity + approxPolyDP vertices) with >= half of the votes (synthetic "
+    "vocabulary prompts only; VBench uses GRiT)",
+    "color": "the caption's colour is the nearest vocabulary colour to the segmented subject's mean RGB in "
+    ">= 60% of the frames (synthetic vocabulary prompts only; VBench uses GRiT)",
 }
 
 #: The bundled suite: prompts in the synthetic vocabulary, tagged with VBench dimensions.
@@ -172,13 +174,10 @@ class Scorers:
         if dimension == "imaging_quality":
             return metrics.imaging_quality(frames, self.imaging)
         if dimension in SYNTHETIC_DIMENSIONS:
-            spec = parse_caption(prompt)
-            if spec is None:
+            if parse_caption(prompt) is None:
                 return None
-            found = analyse_clip(frames)
-            if dimension == "color":
-                return float(found.colour == spec.colour)
-            return float(found.shape == spec.shape)
+            found = adherence_scores(frames, prompt)
+            return found.colour_ok if dimension == "color" else found.shape_ok
         raise ValueError(
             f"dimension {dimension!r} is not implemented; implemented: {list(IMPLEMENTED_DIMENSIONS)}"
         )

@@ -29,14 +29,33 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _table_lines(rows: dict[str, dict[str, str]], columns: list[str], indent: str = "    ") -> list[str]:
+    widths = [max(len(name) for name in rows)] + [
+        max(len(c), *(len(r.get(c, "")) for r in rows.values())) for c in columns
+    ]
+    header = indent + "  ".join(text.ljust(w) for text, w in zip(["", *columns], widths))
+    lines = [header.rstrip()]
+    for name, values in rows.items():
+        cells = [name, *(values.get(c, "") for c in columns)]
+        lines.append((indent + "  ".join(text.ljust(w) for text, w in zip(cells, widths))).rstrip())
+    return lines
+
+
 def _adherence_lines(metrics: dict[str, Any]) -> list[str]:
-    groups = metrics.get("adherence", {})
+    """Per-attribute means with 95% intervals and chance, for all, seen and held-out prompts."""
+    from opensora_mlops.evaluation.prompt_adherence import CHANCE
+    from opensora_mlops.evaluation.report import adherence_rows
+
+    chance = metrics.get("chance") or CHANCE
     lines = []
-    for group in ("real", "trained", "untrained"):
-        values = groups.get(group)
-        if isinstance(values, dict):
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in values.items() if isinstance(v, int | float))
-            lines.append(f"    {group:<10} {shown}")
+    for key, title in (("adherence", "all prompts"), ("adherence_seen", "seen combinations (in a training "
+                       "caption)"), ("adherence_held_out", "held-out combinations (in no training caption)")):
+        groups = metrics.get(key) or {}
+        ordered = {g: groups[g] for g in ("real", "trained", "untrained") if isinstance(groups.get(g), dict)}
+        if not ordered:
+            continue
+        lines.append(f"   {title}")
+        lines += _table_lines(adherence_rows(ordered, chance), ["chance", *ordered])
     return lines
 
 
@@ -58,13 +77,14 @@ def summarise(project: Path, seconds: float, peak_gib: float) -> str:
     lines += [f"    {path}" for path in samples] or ["    (none)"]
     adherence = _adherence_lines(metrics)
     if adherence:
-        lines.append("  prompt adherence (colour, shape, direction; 1 = always right)")
+        lines.append("  prompt adherence: share of clips right, mean [95% bootstrap interval over prompts]; "
+                     "chance = a uniform guess")
         lines += adherence
     lines += [
         "  compare runs:   .venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db",
         "                  then open http://127.0.0.1:5000",
         "  generate:       .venv/bin/python -m opensora_mlops generate --model-dir data/06_models/export "
-        '--prompt "a red circle moving left quickly on a gray background"',
+        '--prompt "A red circle moving left quickly on a gray background."',
     ]
     return "\n".join(lines)
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from opensora_mlops.evaluation import evaluate
+from opensora_mlops.evaluation import evaluate, prompt_adherence
 from opensora_mlops.evaluation.report import ReportContent, SampleGif, write_report
 
 logger = logging.getLogger(__name__)
@@ -25,17 +26,34 @@ def _config(params: dict[str, Any]) -> evaluate.EvaluationConfig:
     return cfg
 
 
-def generate_samples(stage_model: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """Generate the suite's prompts with the trained model and an untrained one of the same config."""
+def training_combinations(*latent_caches: dict[str, Any] | None) -> dict[str, Any]:
+    """What the evaluated model was trained on: the captions of every stage's training split (stage 3
+    starts from stage 2, which starts from stage 1) and their attribute combinations."""
+    captions = evaluate.training_captions(latent_caches)
+    combinations = sorted(prompt_adherence.training_combinations(captions))
+    logger.info("evaluation: %d training captions, %d distinct (colour, shape, background, direction) "
+                "combinations", len(captions), len(combinations))
+    return {"captions": sorted(set(captions)), "combinations": [list(c) for c in combinations]}
+
+
+def generate_samples(stage_model: dict[str, Any], training: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Generate the suite's prompts (and ``training_prompts`` training captions) with every seed, with
+    the trained model and an untrained one of the same config."""
     cfg = _config(params)
     model, vae, encoder = evaluate.load_stage_components(stage_model)
-    entries = evaluate.suite_entries(cfg)
+    entries = evaluate.suite_entries(cfg, training.get("captions", []))
     models = {"trained": model, "untrained": evaluate.untrained_like(model, cfg.untrained_seed)}
+    seen = {tuple(c) for c in training.get("combinations", [])}
     records = []
+    seconds: dict[str, float] = {}
     for group in cfg.groups:
+        started = time.perf_counter()
         records += evaluate.generate_group(group, models[group], vae, encoder, entries, cfg,
                                            scheduler=stage_model.get("scheduler"),
                                            train_conditions=stage_model.get("train_conditions"))
+        seconds[group] = round(time.perf_counter() - started, 2)
+    for record in records:
+        record["split"] = prompt_adherence.split_of(record["prompt"], seen)
     return {
         "records": records,
         "stage": stage_model.get("stage"),
@@ -43,16 +61,24 @@ def generate_samples(stage_model: dict[str, Any], params: dict[str, Any]) -> dic
         "generation": evaluate.generation_for_model(cfg, stage_model.get("train_conditions")),
         "scheduler": stage_model.get("scheduler"),
         "prompts": [e.prompt for e in entries],
+        "seeds": cfg.seeds(),
+        "splits": {e.prompt: prompt_adherence.split_of(e.prompt, seen) for e in entries},
+        "seen_combinations": training.get("combinations", []),
+        "timing": {"generate_s": seconds, "videos": len(records)},
     }
 
 
 def score_samples(
     samples: dict[str, Any], real_clips: pd.DataFrame, params: dict[str, Any]
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """VBench-style dimensions and prompt adherence for generated and real clips."""
+    """VBench-style dimensions and prompt adherence for generated and real clips, each prompt tagged
+    seen or held-out against the training combinations."""
     cfg = _config(params)
+    started = time.perf_counter()
     records = list(samples["records"]) + evaluate.real_clip_records(real_clips, cfg)
-    return evaluate.score_records(records, cfg)
+    scores, table = evaluate.score_records(records, cfg, seen=samples.get("seen_combinations", []))
+    scores["timing"] = {"score_s": round(time.perf_counter() - started, 2), "videos": len(records)}
+    return scores, table
 
 
 def validation_loss(
@@ -91,10 +117,13 @@ def build_report(
     gifs_dir.mkdir(parents=True)
     shown = []
     for index, record in enumerate(samples["records"]):
-        if record.get("gif"):
+        # the first seed of every prompt (all seeds' videos stay in the output folder)
+        if record.get("gif") and int(record.get("sample", 0)) == 0:
             target = gifs_dir / f"{record['group']}_{index:03d}.gif"
             shutil.copyfile(record["gif"], target)
-            shown.append(SampleGif(record["group"], record["prompt"], os.path.relpath(target, out)))
+            split = record.get("split")
+            shown.append(SampleGif(record["group"], record["prompt"], os.path.relpath(target, out),
+                                   split.replace("_", "-") if split else None))
     notes = []
     if not len(val_loss):
         notes.append("No cached clips were available: the validation loss by timestep was not measured.")
@@ -102,19 +131,31 @@ def build_report(
         notes.append(
             "No curated clip with a synthetic-vocabulary caption was found: no real-clip upper bound."
         )
+    if not samples.get("seen_combinations"):
+        notes.append("No training captions were available: every prompt counts as held-out.")
+    timing = dict(samples.get("timing") or {}) | {"score_s": (scores.get("timing") or {}).get("score_s")}
     content = ReportContent(
         title=f"Evaluation of {samples.get('stage') or 'the trained model'}",
         vbench=scores["vbench"],
+        vbench_ci=scores.get("vbench_ci", {}),
         methods=scores["methods"],
         not_implemented=scores["not_implemented"],
         not_applicable=scores["not_applicable"],
         adherence=scores["adherence"],
+        adherence_splits={
+            "seen": scores.get("adherence_seen", {}),
+            "held-out": scores.get("adherence_held_out", {}),
+        },
+        chance=scores.get("chance", dict(prompt_adherence.CHANCE)),
+        splits=scores.get("splits", {}),
         val_loss=val_loss if len(val_loss) else None,
         samples=shown,
         notes=notes,
         settings={
             "weights_dir": samples.get("weights_dir"),
             "generation": samples.get("generation"),
+            "seeds": samples.get("seeds"),
+            "timing": timing,
             "prompts": samples.get("prompts"),
         },
     )

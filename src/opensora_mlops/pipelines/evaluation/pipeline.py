@@ -1,5 +1,5 @@
 """Evaluation pipeline wiring (nodes in :mod:`.nodes`): stage 3's model against an untrained one and the
-curated clips."""
+curated clips; the stages' latent caches say which caption combinations it was trained on."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
+                nodes.training_combinations,
+                ["stage1.latent_cache", "stage2.latent_cache", "stage3.latent_cache"],
+                "evaluation.training_combinations",
+                name="training_combinations",
+            ),
+            node(
                 nodes.generate_samples,
-                ["stage3.model", params],
+                ["stage3.model", "evaluation.training_combinations", params],
                 "evaluation.samples",
                 name="generate_samples",
             ),
