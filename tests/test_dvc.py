@@ -195,6 +195,10 @@ SHORT = {
         "shots_per_video": [2, 2],
         "defects": {"static": 0, "text": 0, "dark": 0, "blurred": 0, "zero_bytes": 1, "truncated": 0,
                     "not_video": 0}}}},
+    # every clip passes: this test is about DVC, not about where curation's thresholds stand
+    "parameters_curation.yml": {"curation": {"scoring": {"ocr_detector": "classical"}, "stages": {
+        s: {"aes_min": None, "flow_min": None, "flow_max": None, "ocr_max": None, "duration_min": None,
+            "num_frames_min": None, "resolution_min": None} for s in TRAINING}}},
     "parameters_bucketing.yml": {"bucketing": {"stages": {
         s: {"bucket_config": {"144p": {1: [1.0, 1], 8: [1.0, 1]}}} for s in TRAINING}}},
     "parameters_autoencoder.yml": {"autoencoder": {"steps": 2, "max_clips": 2, "frames_per_clip": 2}},
