@@ -1,4 +1,7 @@
 # `make test` and `make demo` create .venv if it is missing and install the project into it.
+# `make test` also needs a headless Chromium for the MLflow UI tests: it installs Debian's chromium and
+# chromium-driver when they are missing and it can (root with apt-get), and otherwise stops with the
+# command to run.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: install test lint demo bench clean
+.PHONY: install browser test lint demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,7 +29,27 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+CHROMIUM_PACKAGES := chromium chromium-driver
+
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		exit 0; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "make: installing $(CHROMIUM_PACKAGES) (headless browser for the MLflow UI tests)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CHROMIUM_PACKAGES) \
+			>/dev/null && command -v chromium >/dev/null; \
+	else \
+		echo "make test needs a headless Chromium for the MLflow UI tests; install it with:" >&2; \
+		if command -v apt-get >/dev/null 2>&1; then \
+			echo "    sudo apt-get update && sudo apt-get install -y $(CHROMIUM_PACKAGES)" >&2; \
+		else \
+			echo "    your system's chromium package (Debian/Ubuntu: apt-get install $(CHROMIUM_PACKAGES))" >&2; \
+		fi; \
+		exit 1; \
+	fi
+
+test: $(STAMP) browser
 	$(PY) -m ruff check src tests benchmarks pipelines
 	$(PY) -m pytest -q
 

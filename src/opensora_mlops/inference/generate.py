@@ -451,53 +451,117 @@ def load_components(
 # ---- command line --------------------------------------------------------------------------------
 
 
-def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``generate`` command's options to ``parser`` (argparse only)."""
-    src = parser.add_argument_group("model")
-    src.add_argument("--model-dir", help="exported model directory: model/, vae/, text_encoder.json [, scheduler.json]")
-    src.add_argument("--model", help="STDiT2 directory (save_pretrained); overrides <model-dir>/model")
-    src.add_argument("--checkpoint", help="released Open-Sora 1.1 checkpoint (file or directory); needs --model-name")
-    src.add_argument("--model-name", help="named STDiT2 config for --checkpoint, e.g. STDiT2-XL/2")
-    src.add_argument("--legacy", action="store_true",
-                     help="1.1 behaviour flags for released weights (qk_norm_legacy, final_layer_legacy)")
-    src.add_argument("--vae", help="AutoencoderKL / AutoencoderTiny directory (e.g. sd-vae-ft-ema); overrides <model-dir>/vae")
-    src.add_argument("--text-encoder", help="text encoder config: JSON object or JSON file, e.g. "
-                     "'{\"type\": \"t5\", \"from_pretrained\": \"/models/t5-v1_1-xxl\"}'")
-    src.add_argument("--vae-micro-batch-size", type=int, default=4,
-                     help="frames the VAE encodes/decodes at once (memory); 0 = all")
-    src.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (auto: cuda when available)")
-    src.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
+DEFAULT_MODEL_DIR = "data/06_models/export"  # where `make demo` / the export pipeline writes the model
+DEFAULT_RESOLUTION = "144p"
+DEFAULT_ASPECT_RATIO = "16:9"
+ASPECT_RATIO_HELP = ("W:H as video tools write it: 16:9 is landscape, 9:16 portrait, 1:1 square; or the "
+                     "height/width ratio as a number (0.5625 is 16:9)")
 
-    req = parser.add_argument_group("request")
+
+def cli_aspect_ratio(text: str) -> float:
+    """``--aspect-ratio``: ``"16:9"`` (width:height, as video tools write it) or a plain number, the
+    height/width ratio (``"0.5625"``) -> height/width as a float."""
+    parts = str(text).split(":")
+    try:
+        if len(parts) == 2:
+            width, height = float(parts[0]), float(parts[1])
+            value = height / width
+        elif len(parts) == 1:
+            value = float(parts[0])
+        else:
+            raise ValueError(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{ASPECT_RATIO_HELP}; got {text!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"the aspect ratio must be positive and finite; got {text!r}")
+    return value
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``generate`` command's options to ``parser`` (argparse only); after parsing,
+    :func:`finish_generate_arguments` fills the defaults that depend on other options."""
+    src = parser.add_argument_group("model")
+    src.add_argument("--model-dir", help="exported model directory (model/, vae/, text_encoder.json, "
+                     f"scheduler.json) (default: {DEFAULT_MODEL_DIR}, what `make demo` exports)")
+    src.add_argument("--model", help="STDiT2 weights directory, instead of <model-dir>/model (default: none)")
+    src.add_argument("--checkpoint", help="a released Open-Sora 1.1 checkpoint (file or directory), with "
+                     "--model-name (default: none)")
+    src.add_argument("--model-name", help="the architecture of --checkpoint, e.g. STDiT2-XL/2 (default: none)")
+    src.add_argument("--legacy", action="store_true",
+                     help="run the model the way Open-Sora 1.1's code did; needed for its released checkpoints "
+                     "(default: off)")
+    src.add_argument("--vae", help="VAE directory (AutoencoderKL or AutoencoderTiny, e.g. sd-vae-ft-ema), "
+                     "instead of <model-dir>/vae (default: none)")
+    src.add_argument("--text-encoder", help="text encoder settings as JSON or a JSON file, instead of "
+                     "<model-dir>/text_encoder.json, e.g. "
+                     "'{\"type\": \"t5\", \"from_pretrained\": \"/models/t5-v1_1-xxl\"}' (default: none)")
+    src.add_argument("--vae-micro-batch-size", type=int, default=4,
+                     help="frames the VAE encodes or decodes at once: lower it to save memory, 0 = all "
+                     "(default: %(default)s)")
+    src.add_argument("--device", default="auto",
+                     help="cpu, cuda, cuda:1, ... (default: auto, the GPU when there is one)")
+    src.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES),
+                     help="number format of the model while sampling (default: %(default)s)")
+
+    req = parser.add_argument_group("what to generate")
     req.add_argument("--prompt", action="append", default=[],
-                     help="caption (repeatable); per-loop prompts as '|0|text A|2|text B'")
-    req.add_argument("--prompt-file", help="text file with one prompt per line")
-    req.add_argument("--num-frames", type=int, default=16, help="frames per loop (1 = image)")
-    req.add_argument("--height", type=int)
-    req.add_argument("--width", type=int)
-    req.add_argument("--resolution", help="aspect-table resolution name, e.g. 144p, 240p, 360p, 480p, 720p")
-    req.add_argument("--aspect-ratio", help="H:W (e.g. 9:16) or H/W, with --resolution")
+                     help="a caption; repeat for several videos; '|0|text A|2|text B' changes the caption "
+                     "at loops 0 and 2 (default: none; give --prompt or --prompt-file)")
+    req.add_argument("--prompt-file", help="a text file with one prompt per line (default: none)")
+    req.add_argument("--num-frames", type=int, default=16,
+                     help="frames per loop; 1 makes an image (default: %(default)s)")
+    req.add_argument("--resolution", help="a resolution name: 144p, 240p, 360p, 480p, 720p, ... "
+                     f"(default: {DEFAULT_RESOLUTION} unless --height and --width are given)")
+    req.add_argument("--aspect-ratio", type=cli_aspect_ratio, metavar="W:H",
+                     help=f"{ASPECT_RATIO_HELP}; used with --resolution (default: {DEFAULT_ASPECT_RATIO})")
+    req.add_argument("--height", type=int, help="frame height in pixels, with --width, instead of "
+                     "--resolution (default: none)")
+    req.add_argument("--width", type=int, help="frame width in pixels, with --height (default: none)")
     req.add_argument("--fps", type=float, default=24.0,
-                     help="fps micro-condition (source frame rate, as in training); video plays at fps/frame-interval")
+                     help="frame rate of the footage the model should imitate (as in training); the "
+                     "video plays at fps / frame-interval (default: %(default)s)")
     req.add_argument("--frame-interval", type=int, default=1,
-                     help="frame subsampling the model was trained with (1.1 released weights: 3)")
+                     help="the frame step the model was trained with (it saw every Nth source frame); "
+                     "Open-Sora 1.1's released weights: 3 (default: %(default)s)")
     req.add_argument("--mask-strategy", action="append", default=[],
-                     help="mask strategy (one for all prompts, or repeat once per prompt)")
+                     help="which frames come from references, e.g. '0' (image to video), '0,0,0,0,8' "
+                     "(extend a video); once for all prompts or once per prompt (default: none)")
     req.add_argument("--reference", action="append", default=[],
-                     help="reference image/video paths, ';'-separated (one for all prompts, or once per prompt)")
-    req.add_argument("--loops", type=int, default=1)
-    req.add_argument("--condition-frames", type=int, default=4, help="frames each loop takes from the previous one")
-    req.add_argument("--seed", type=int, default=0)
-    req.add_argument("--steps", type=int, default=None, help=f"sampling steps (default {DEFAULT_STEPS})")
-    req.add_argument("--cfg-scale", type=float, default=None, help=f"guidance scale (default {DEFAULT_CFG_SCALE})")
-    req.add_argument("--batch-size", type=int, default=None)
+                     help="reference image or video paths, ';'-separated; once for all prompts or once "
+                     "per prompt (default: none)")
+    req.add_argument("--loops", type=int, default=1,
+                     help="generate this many clips in a row, each continuing the last (default: %(default)s)")
+    req.add_argument("--condition-frames", type=int, default=4,
+                     help="frames each loop takes over from the previous one (default: %(default)s)")
+    req.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    req.add_argument("--steps", type=int, default=None,
+                     help=f"sampling steps: more is slower and cleaner (default: {DEFAULT_STEPS})")
+    req.add_argument("--cfg-scale", type=float, default=None,
+                     help="how strongly to follow the prompt (default: the model's own setting in "
+                     f"scheduler.json, else {DEFAULT_CFG_SCALE})")
+    req.add_argument("--batch-size", type=int, default=None,
+                     help="prompts sampled together (default: all of them)")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--output-dir", default="data/07_model_output/generate")
-    out.add_argument("--name", default="sample", help="file name stem: <name>_0000.mp4, …")
-    out.add_argument("--no-gif", action="store_true")
-    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    out.add_argument("--output-dir", default="data/07_model_output/generate",
+                     help="where the videos go (default: %(default)s)")
+    out.add_argument("--name", default="sample",
+                     help="file name stem: <name>_0000.mp4, <name>_0001.mp4, ... (default: %(default)s)")
+    out.add_argument("--no-gif", action="store_true", help="do not write a GIF beside each video (default: off)")
+    out.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
     return parser
+
+
+def finish_generate_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """The defaults that depend on other options: the model directory when no model is named, the
+    resolution when no height and width are given, the aspect ratio with a resolution."""
+    if args.model_dir is None and args.model is None and args.checkpoint is None:
+        args.model_dir = DEFAULT_MODEL_DIR
+    if args.resolution is None and args.height is None and args.width is None:
+        args.resolution = DEFAULT_RESOLUTION
+    if args.resolution is not None and args.aspect_ratio is None:
+        args.aspect_ratio = cli_aspect_ratio(DEFAULT_ASPECT_RATIO)
+    return args
 
 
 def _one_or_per_prompt(values: list[str], count: int, flag: str) -> str | list[str] | None:
