@@ -499,6 +499,7 @@ def run_all(settings: Settings, out: Path | None, only: list[str] | None) -> int
     common = dict(device=device_name(settings.device), dtype=str(settings.dtype).removeprefix("torch."),
                   torch=torch.__version__, dry_run=settings.dry_run, peak_tflops=settings.peak_tflops)  # fmt: skip
     record: dict[str, Any] | None = None
+    done = 0
     try:
         for case in plan:
             compiled = "compiled" in case.name
@@ -538,15 +539,22 @@ def run_all(settings: Settings, out: Path | None, only: list[str] | None) -> int
                 failures[case.name] = record["error"]
             _write(record, sink)
             record = None
+            done += 1
     except KeyboardInterrupt:
+        interrupted = "interrupted (the wrapper's timeout?)"
         if record is not None:  # the case that was running
+            record.update(status="error", error=record.get("error") or interrupted)
             _write(record, sink)
-            failures[record["case"]] = "interrupted"
+            failures[record["case"]] = interrupted
+            done += 1
+        for case in plan[done:]:  # still one line per case
+            _write(dict(case=case.name, kind=case.kind, status="skipped", reason=interrupted, **common,
+                        compile=None), sink)  # fmt: skip
     finally:
         if sink is not None:
             sink.close()
     total = time.perf_counter() - started
-    print(f"[gpu_check] {len(plan)} cases in {total:.1f} s; failed: {', '.join(failures) or 'none'}",
+    print(f"[gpu_check] {done} of {len(plan)} cases run in {total:.1f} s; failed: {', '.join(failures) or 'none'}",
           file=sys.stderr)  # fmt: skip
     if "tiny_train" in failures:
         return EXIT_TINY_FAILED
@@ -575,7 +583,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         dry_run=False, device=torch.device("cuda", torch.cuda.current_device()), dtype=torch.bfloat16,
         model_overrides={}, height=240, width=426, frames=frames, train_batch=batch, sample_batch=args.sample_batch,
         warmup=args.warmup, repeats=args.repeats, compile_backend=args.compile_backend or "inductor",
-        compile_scope=args.compile_scope, peak_tflops=args.peak_tflops, budget_s=args.budget_s or 450.0,
+        compile_scope=args.compile_scope, peak_tflops=args.peak_tflops, budget_s=args.budget_s or 420.0,
         zero2_frames=args.zero2_frames, zero2_batch=args.zero2_batch,
         zero2_grad_checkpointing=not args.zero2_no_checkpointing, zero2_steps=3, tiny_steps=args.tiny_steps,
         tiny_latent=(8, 16, 16), tiny_batch=4,
@@ -598,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="compile each block (one compilation shared by all) or the whole model")  # fmt: skip
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="peak for MFU (989: H100/H200 bf16 dense)")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="start no case after this many seconds (default 450 on GPU)")  # fmt: skip
+                        help="start no case after this many seconds (default 420 on GPU)")  # fmt: skip
     parser.add_argument("--zero2-frames", type=int, default=64)
     parser.add_argument("--zero2-batch", type=int, default=1)
     parser.add_argument("--zero2-no-checkpointing", action="store_true",

@@ -6,8 +6,8 @@
 # H100/H200; needs no network.
 #
 #   benchmarks/gpu_check.sh --dry-run --out dry.jsonl        # here, on CPU: every case at a tiny size, < 1 min
-#   benchmarks/gpu_check.sh --site .gpu_site --out "$OUT/gpu_check.jsonl"   # on the GPU machine
-#   benchmarks/gpu_check.sh --pack .gpu_site                 # here: prepare what the GPU machine lacks
+#   benchmarks/gpu_check.sh --pack .whl/gpu_site             # here: prepare what the GPU machine lacks
+#   benchmarks/gpu_check.sh --site .whl/gpu_site --out "$OUT/gpu_check.jsonl"   # on the GPU machine
 #
 # What to carry. The GPU machine has python3 with torch, numpy, safetensors, tqdm, transformers, peft and
 # accelerate, but not ColossalAI, nor galore_torch and bitsandbytes, which colossalai.nn.optimizer imports
@@ -16,16 +16,17 @@
 # calls into bitsandbytes. So `--pack DIR` copies, from this project's .venv (`make install`), the
 # installed colossalai and its `extensions` package (with the C++/CUDA sources HybridAdam's kernels are
 # JIT-built from on first use, by ninja and nvcc, which the GPU image has), galore_torch, and the Python
-# code of bitsandbytes without its native libraries (about 10 MB in all), and adds DIR to
-# .git/info/exclude so that it is never committed. Then name DIR in the device call's carry and pass
-# `--site DIR`, which puts it on PYTHONPATH after src/:
+# code of bitsandbytes without its native libraries (about 11 MB in all); a DIR inside the repo that
+# .gitignore does not cover (/.whl/ it does) is added to the git exclude file, so it is never
+# committed. Then name DIR in the device call's carry and pass `--site DIR`, which puts it on
+# PYTHONPATH after src/:
 #
-#   run(command="benchmarks/gpu_check.sh --site .gpu_site --out $OUT/gpu_check.jsonl",
-#       carry=[".gpu_site"], timeout_s=560)
+#   run(command="benchmarks/gpu_check.sh --site .whl/gpu_site --out $OUT/gpu_check.jsonl",
+#       carry=[".whl/gpu_site"], timeout_s=540)
 #
 # Without --site the zero2 case records the ImportError and the other cases still run.
 # Environment: PYTHON (default .venv/bin/python when present, else python3); GPU_CHECK_TIMEOUT (seconds,
-# default 540: the script is stopped with SIGINT then, and the case that was running is recorded).
+# default 470: the script is stopped with SIGINT then, and the case that was running is recorded).
 # Any other argument goes to benchmarks/gpu_check.py (--list, --cases, --frames, --budget-s, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,9 +44,13 @@ pack() {
       colossalai-*.dist-info galore_torch-*.dist-info) | tar -xf - -C "$dest"
   (cd "$site" && tar --exclude=__pycache__ --exclude='*.so' -cf - bitsandbytes bitsandbytes-*.dist-info) \
       | tar -xf - -C "$dest"
-  local ignore="/${dest#./}/"
-  if [ -d .git ] && ! grep -qxF "$ignore" .git/info/exclude 2>/dev/null; then
-    echo "$ignore" >> .git/info/exclude
+  # a folder inside the repo must never be committed: ignore it locally unless .gitignore already does
+  if [ "${dest#/}" = "$dest" ] && git rev-parse --git-dir >/dev/null 2>&1 && ! git check-ignore -q "$dest"; then
+    local exclude
+    exclude="$(git rev-parse --git-path info/exclude)"
+    mkdir -p "$(dirname "$exclude")"
+    local ignore="/${dest#./}"
+    echo "${ignore%/}/" >> "$exclude"
   fi
   du -sh "$dest"
 }
@@ -63,4 +68,4 @@ done
 export PYTHONPATH="$PWD/src${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"  # parallel JIT builds of ColossalAI's kernels
-exec timeout --signal=INT --kill-after=20 "${GPU_CHECK_TIMEOUT:-540}" "$PY" benchmarks/gpu_check.py "${ARGS[@]}"
+exec timeout --signal=INT --kill-after=20 "${GPU_CHECK_TIMEOUT:-470}" "$PY" benchmarks/gpu_check.py "${ARGS[@]}"
