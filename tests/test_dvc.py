@@ -10,6 +10,7 @@ import ast
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -230,10 +231,18 @@ def _env() -> dict[str, str]:
             "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
 
 
-def _run(args: list[str], cwd: Path, timeout: float = 600) -> str:
-    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=_env(), timeout=timeout)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"{' '.join(args)} failed ({done.returncode}):\n{output[-4000:]}"
+def _run(args: list[str], cwd: Path, timeout: float = 1800) -> str:
+    """Run a command in its own process group; the limit only catches a hang (a loaded machine is slow),
+    and on it the whole group goes, the `kedro run` under `dvc repro` included."""
+    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=_env(), start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"{' '.join(args)} ran over {timeout} s:\n{output[-4000:]}")
+    assert process.returncode == 0, f"{' '.join(args)} failed ({process.returncode}):\n{output[-4000:]}"
     return output
 
 
