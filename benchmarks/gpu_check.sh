@@ -68,4 +68,4 @@ done
 export PYTHONPATH="$PWD/src${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"  # parallel JIT builds of ColossalAI's kernels
-exec timeout --signal=INT --kill-after=20 "${GPU_CHECK_TIMEOUT:-470}" "$PY" benchmarks/gpu_check.py "${ARGS[@]}"
+exec timeout --signal=INT --kill-after=20 "${GPU_CHECK_TIMEOUT:-470}" "$PY" benchmarks/gpu_check.py ${ARGS[@]+"${ARGS[@]}"}
