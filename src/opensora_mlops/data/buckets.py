@@ -14,7 +14,8 @@ lower resolution. Here a failed draw first falls back to shorter frame counts at
 
 Draws are a counter-based hash (splitmix64) of (seed, epoch, sample index, bucket), so the vectorised
 assignment and the row-by-row reference agree bit for bit, and a sample's draws do not depend on the
-other rows or on the order rows are processed in.
+other rows or on the order rows are processed in. The vectorised assignment computes a draw only where
+it can decide something: for a row still unassigned at a bucket with 0 < keep_prob < 1.
 """
 
 from __future__ import annotations
