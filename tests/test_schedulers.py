@@ -15,6 +15,7 @@ from opensora_mlops.diffusion import (
     load_scheduler_config,
     save_scheduler,
 )
+from opensora_mlops.evaluation.learning import oracle_denoiser
 
 CONFIGS = [
     {"type": "iddpm", "prediction": "epsilon"},
@@ -27,24 +28,6 @@ def _x0(batch=2, frames=3, seed=0):
     return torch.randn(batch, 4, frames, 4, 6, generator=torch.Generator().manual_seed(seed))
 
 
-def oracle(scheduler, x0: torch.Tensor):
-    """A perfect denoiser for a one-clip data set: outputs exactly the target its objective regresses."""
-
-    def model(x, t_model, y=None, mask=None, x_mask=None, **kwargs):
-        reps = x.shape[0] // x0.shape[0]
-        clean = x0.repeat(reps, 1, 1, 1, 1)
-        if isinstance(scheduler, RectifiedFlow):
-            sigma = (t_model.double() / scheduler.num_timesteps).float().view(-1, 1, 1, 1, 1)
-            target = (x - clean) / sigma.clamp(min=1e-8)  # u = ε - x_0 = (x_σ - x_0) / σ
-        else:
-            ac = scheduler.base.alphas_cumprod.float()[t_model.long()].view(-1, 1, 1, 1, 1)
-            eps = (x - ac.sqrt() * clean) / (1 - ac).sqrt()
-            target = eps if scheduler.prediction == "epsilon" else ac.sqrt() * eps - (1 - ac).sqrt() * clean
-        return torch.cat([target, torch.zeros_like(target)], dim=1)
-
-    return model
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['type']}-{c.get('prediction', '')}")
 def test_oracle_sampler_reproduces_the_clip(config):
     """With the exact target at every step, each sampler lands on the training clip: the sampling maths
@@ -53,7 +36,7 @@ def test_oracle_sampler_reproduces_the_clip(config):
     scheduler = build_scheduler(config, steps=20, cfg_scale=1.0)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
     y = torch.zeros(2, 3, 8)
-    out = scheduler.sample(oracle(scheduler, x0), noise, y, None, torch.zeros(2, 3, 8), progress=False,
+    out = scheduler.sample(oracle_denoiser(scheduler, x0), noise, y, None, torch.zeros(2, 3, 8), progress=False,
                            generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(out, x0, atol=2e-4, rtol=1e-4)
 
@@ -65,9 +48,9 @@ def test_exact_target_gives_zero_loss_and_exact_x0(config):
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
     t = torch.tensor([10, 900])
     x_t = scheduler.q_sample(x0, t, noise=noise)
-    out = oracle(scheduler, x0)(x_t, scheduler.model_timesteps(t))
+    out = oracle_denoiser(scheduler, x0)(x_t, scheduler.model_timesteps(t))
     torch.testing.assert_close(scheduler.predict_xstart(out, x_t, t), x0, atol=1e-4, rtol=1e-4)
-    losses = scheduler.training_losses(oracle(scheduler, x0), x0, t, {}, noise=noise)
+    losses = scheduler.training_losses(oracle_denoiser(scheduler, x0), x0, t, {}, noise=noise)
     assert losses["mse"].max() < 1e-8 and losses["x0_mse"].max() < 1e-8
 
 
@@ -82,7 +65,7 @@ def test_epsilon_errors_blow_up_in_x0_at_high_noise_but_v_and_flow_errors_do_not
     for config in CONFIGS:
         scheduler = build_scheduler(config)
         x_t = scheduler.q_sample(x0, t, noise=noise)
-        out = oracle(scheduler, x0)(x_t, scheduler.model_timesteps(t))
+        out = oracle_denoiser(scheduler, x0)(x_t, scheduler.model_timesteps(t))
         out[:, :4] += error
         x0_error = (scheduler.predict_xstart(out, x_t, t) - x0).abs().mean() / error.abs().mean()
         growth[config.get("prediction", config["type"])] = float(x0_error)
@@ -113,7 +96,7 @@ def test_flow_sampling_keeps_conditioned_frames_and_regenerates_the_rest():
     x0 = _x0(batch=1, frames=4)
     x_cond = _x0(batch=1, frames=4, seed=9)
     mask = torch.tensor([[0.0, 1.0, 1.0, 0.5]])
-    out = flow.sample(oracle(flow, x0), torch.randn(x0.shape), torch.zeros(1, 3, 8), None, torch.zeros(1, 3, 8),
+    out = flow.sample(oracle_denoiser(flow, x0), torch.randn(x0.shape), torch.zeros(1, 3, 8), None, torch.zeros(1, 3, 8),
                       x_cond=x_cond, x_mask=mask, progress=False, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out[:, :, 0], x_cond[:, :, 0])
     torch.testing.assert_close(out[:, :, 1:], x0[:, :, 1:], atol=2e-4, rtol=1e-4)

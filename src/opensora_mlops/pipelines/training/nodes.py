@@ -284,12 +284,22 @@ def validate_stage(model: dict[str, Any], latent_cache: dict[str, Any], stage: d
     if latent_cache.get("val_dir") and latent_cache["val_dir"] != reference["val_dir"]:
         own = validation_loss(trained, LatentCache(latent_cache["val_dir"]), **kwargs)
         out["val_loss_own"] = own["val_loss"]
+    # what sampling will consume: x̂_0 per t, caption effect, frame spread, oracle sampler (on training clips
+    # with their own captions; the loss alone looked healthy while all of these were broken)
+    if latent_cache.get("train_dir"):
+        from opensora_mlops.diffusion import build_scheduler
+        from opensora_mlops.evaluation.learning import diagnostic_batch, learning_report
+
+        batch = diagnostic_batch(LatentCache(latent_cache["train_dir"]), seed=int(v.get("seed", 0)))
+        if batch["x"].shape[0] >= 2:
+            out["learning"] = learning_report(trained, build_scheduler(cfg.scheduler), batch)["summary"]
     try:
         import mlflow
 
         if mlflow.active_run() is not None:
             mlflow.log_metrics({k: float(out[k]) for k in ("val_loss", "val_mse", "val_x0_mse", "val_loss_init",
                                                            "val_x0_mse_init")})
+            mlflow.log_metrics({f"learning_{k}": float(value) for k, value in out.get("learning", {}).items()})
     except ImportError:  # tracking is optional for the node itself
         pass
     return out
