@@ -56,14 +56,22 @@ def test_bundled_suite_is_worded_like_the_training_captions():
         training_wording = clean_caption(caption_for(parse_caption(entry.prompt)), cleaning.prefixes,
                                          cleaning.first_letter)
         assert entry.prompt == training_wording
-    specs = [parse_caption(e.prompt) for e in suite]
-    # every value of the vocabulary is asked for, moving and still
-    from opensora_mlops.curation.synthetic import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES
+    # every value of the vocabulary is asked for, moving and still, by the prompts the default evaluates
+    from pathlib import Path
 
-    assert {s.colour for s in specs} == set(COLOURS)
-    assert {s.shape for s in specs} == set(SHAPES)
-    assert {s.background for s in specs} == set(BACKGROUNDS)
-    assert {s.direction for s in specs} == {*DIRECTIONS, None}
+    import yaml
+
+    from opensora_mlops.curation.synthetic import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES, SPEEDS
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "base" / "parameters_evaluation.yml"
+    default_count = yaml.safe_load(conf.read_text())["evaluation"]["max_prompts"]
+    for prompts in (suite, suite[:default_count]):
+        specs = [parse_caption(e.prompt) for e in prompts]
+        assert {s.colour for s in specs} == set(COLOURS)
+        assert {s.shape for s in specs} == set(SHAPES)
+        assert {s.background for s in specs} == set(BACKGROUNDS)
+        assert {s.direction for s in specs} == {*DIRECTIONS, None}
+        assert {s.speed for s in specs} == {*SPEEDS, None}
 
 
 @pytest.mark.parametrize(
