@@ -170,7 +170,9 @@ def write_clip(path: str | Path, frames: np.ndarray, fps: float = 25.0, codec: s
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=rate, options=opts)
-        stream.height, stream.width = frames.shape[1] - frames.shape[1] % 2, frames.shape[2] - frames.shape[2] % 2
+        even = codec in ("libx264", "libx265")  # VP9 stores odd sizes as they are
+        stream.height = frames.shape[1] - frames.shape[1] % 2 * even
+        stream.width = frames.shape[2] - frames.shape[2] % 2 * even
         stream.pix_fmt = "yuv420p"
         for frame in frames:
             image = np.ascontiguousarray(frame[: stream.height, : stream.width])

@@ -10,21 +10,24 @@ Embedded default (no weights) — the classical measures, documented here:
 * ``aes`` (method ``classical-sharpest-region-exposure-colour``), 0–10, on the first, middle and last
   sampled frames, each first shrunk to a 224-pixel shorter side (never enlarged: the scale CLIP's
   aesthetic model sees, so the score does not depend on the clip's resolution):
-  ``10 * S * min(1, E / 0.5) * (0.55 + 0.45 * C)``.
+  ``10 * S * B * (0.5 + 0.25 * E + 0.25 * C)``: sharpness S and brightness B gate the score (a
+  defocused or underexposed frame is poor whatever its colours), tonal range E and colour C grade it.
   S is the sharpness of the frame's sharpest region, so a shallow-focus shot (sharp subject, blurred
   background) is sharp: the frame is cut into 32-px tiles, tiles with edges (mean squared Sobel
   gradient > 100 on 0–255 grey) get R = mean(Laplacian²) / mean(|Sobel gradient|²) (about 1/s² for an
   edge blurred to width s, whatever its contrast), with the sensor noise's share removed (noise σ
   estimated from the median absolute response of Immerkær's mask; white noise adds 20σ² and 24σ² to the
-  two means); R90 is the 90th percentile over the tiles and S = clip(log10(R90 / 0.025) / log10(0.06 /
-  0.025), 0, 1). Heavy compression smears texture everywhere, so it lowers R90 as blur does.
-  E = min(1, (p99 - p1) / 0.6) * (1 - blown fraction) (exposure as tonal range: luma percentiles on
-  0–1, blown = pixels above 0.98; a dark background under a lit subject is not underexposure),
+  two means); R90 is the 90th percentile over the tiles and S = clip(log2(R90 / 0.03), 0, 1) (R90 of
+  0.03 or less: S = 0; 0.06 or more: S = 1). Heavy compression smears texture everywhere, so it lowers
+  R90 as blur does.
+  B = min(1, p99 / 0.3) with p99 the 99th luma percentile on 0–1: underexposure is the absence of any
+  bright tone (a dark background under a lit subject, or a blue shape on navy, is not underexposed);
+  E = min(1, (p99 - p1) / 0.6) * (1 - blown fraction) (tonal range; blown = pixels above 0.98),
   C = min(1, M / 109) with Hasler–Süsstrunk colourfulness M = sqrt(sd(rg)² + sd(yb)²) +
   0.3 * sqrt(mean(rg)² + mean(yb)²), rg = R - G, yb = (R + G) / 2 - B (109: their "extremely
   colourful"). Calibration (README, tests/test_real_footage.py): camera footage of real photographs
-  (pans, zooms, hand-held, shallow focus, grass, a fence, a portrait, signs) scores 6–9.5 at 160 px and
-  432 px; defocused, underexposed and crf-51 footage 0–2.1.
+  (pans, zooms, hand-held, shallow focus, grass, a fence, a portrait, signs) scores 6.1–9.6 at 160 px
+  and 432 px; defocused, underexposed and crf-45/51 footage seen at its own size 0–3.0.
   With ``aesthetic_clip_path`` and ``aesthetic_mlp_path`` set: CLIP ViT-L/14 image embeddings (open-clip)
   through the LAION improved-aesthetic-predictor MLP, 1.1's scorer (method ``clip-mlp``).
 * ``flow`` (method ``farneback``): OpenCV Farneback dense flow between consecutive sampled frames
@@ -35,9 +38,12 @@ Embedded default (no weights) — the classical measures, documented here:
 * ``ocr`` (method ``ppocrv4-det-area``): the fraction of the frame covered by text, mean over the first,
   middle and last sampled frames, from PaddleOCR's PP-OCRv4 DB text detector (the ONNX model inside
   the ``rapidocr-onnxruntime`` wheel; only the detector runs, nothing is downloaded): the frame is
-  resized to ``ocr_short_side`` (sides multiples of 32), the probability map thresholded at 0.3,
-  each region kept when its mean probability is >= 0.5 and grown back to the text's extent by DB's
-  unclip ratio 1.6, and the union of the boxes' area divided by the frame's. ``ocr_detector:
+  resized to ``ocr_short_side`` but never enlarged more than 2x (sides multiples of 32; enlarged
+  further, flat shapes read as glyphs), the probability map thresholded at 0.3,
+  each region kept when its mean probability is >= 0.5, it is at least twice as long as thick (a word's
+  shrunk kernel is; a lone blob taken for a glyph is not) and no thicker than a quarter of the frame,
+  grown back to the text's extent by DB's unclip ratio 1.6, and the union of the boxes' area divided
+  by the frame's (single characters are not counted). ``ocr_detector:
   opencv-db`` with ``ocr_detector_path`` (a DBNet ONNX for OpenCV's ``TextDetectionModel_DB``) counts
   text boxes instead, 1.1's measure (method ``dbnet``); ``ocr_detector: classical`` is the old
   morphological text-area heuristic (method ``text-area``; it takes grass, fences and foliage for text).
@@ -195,7 +201,7 @@ def sample_clip(path: str | Path, stride: int = 4, max_frames: int = 16, num_fra
 AES_REFERENCE_SIDE = 224  # frames are scored at CLIP's input scale, so clips of any size compare
 AES_TILE = 32
 AES_EDGE_ENERGY = 100.0  # mean squared Sobel gradient a tile needs to count (0-255 grey)
-R_BLURRED, R_SHARP = 0.025, 0.06  # R90 at or below: S = 0; at or above: S = 1
+R_BLURRED, R_SHARP = 0.03, 0.06  # R90 at or below: S = 0; at or above: S = 1
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
 
 
@@ -266,13 +272,20 @@ def exposure(gray: np.ndarray) -> float:
     return float(min(1.0, (high - low) / 0.6) * (1.0 - blown))
 
 
+def brightness(gray: np.ndarray) -> float:
+    """B: the 99th luma percentile (0–1) over 0.3, capped at 1 — low only when nothing in the frame is
+    bright (underexposure)."""
+    return float(min(1.0, np.percentile(gray.astype(np.float64) / 255.0, 99) / 0.3))
+
+
 def aesthetic_parts(frame: np.ndarray) -> dict[str, float]:
-    """S, E, C and the 0–10 score of one RGB frame at the reference scale (module docstring)."""
+    """S, B, E, C and the 0–10 score of one RGB frame at the reference scale (module docstring)."""
     small = reference_scale(frame)
     gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    s, e = sharpness_score(gray), exposure(gray)
+    s, b, e = sharpness_score(gray), brightness(gray), exposure(gray)
     c = min(1.0, colourfulness(small) / 109.0)
-    return {"sharpness": s, "exposure": e, "colour": c, "aes": 10.0 * s * min(1.0, e / 0.5) * (0.55 + 0.45 * c)}
+    return {"sharpness": s, "brightness": b, "exposure": e, "colour": c,
+            "aes": 10.0 * s * b * (0.5 + 0.25 * e + 0.25 * c)}
 
 
 def classical_aesthetic(frames: np.ndarray) -> float:
@@ -404,7 +417,7 @@ class DBTextDetector:
     processing follow PaddleOCR's DB settings (module docstring).
     """
 
-    THRESHOLD, BOX_THRESHOLD, UNCLIP_RATIO, MIN_SIDE, MAX_LINE = 0.3, 0.5, 1.6, 3, 0.25
+    THRESHOLD, BOX_THRESHOLD, UNCLIP_RATIO, MIN_SIDE, MAX_LINE, MIN_ASPECT = 0.3, 0.5, 1.6, 3, 0.25, 2.0
 
     def __init__(self, model_path: str | Path, short_side: int = 320, threads: int = 1) -> None:
         import onnxruntime
@@ -423,7 +436,8 @@ class DBTextDetector:
     def probability(self, frame: np.ndarray) -> np.ndarray:
         """The detector's text probability map (at the network's input size) for an RGB frame."""
         h, w = frame.shape[:2]
-        scale = self.short_side / min(h, w)
+        # enlarged more than 2x, flat shapes start to look like glyphs to the network (a disc reads as "O")
+        scale = min(self.short_side, 2 * min(h, w)) / min(h, w)
         size = (max(32, round(w * scale / 32) * 32), max(32, round(h * scale / 32) * 32))
         bgr = cv2.resize(np.ascontiguousarray(frame[..., ::-1]), size, interpolation=cv2.INTER_LINEAR)
         x = ((bgr.astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)[None]
@@ -437,8 +451,11 @@ class DBTextDetector:
         for contour in contours[:1000]:
             (cx, cy), (bw, bh), angle = cv2.minAreaRect(contour)
             # a text line is thin: a region thicker than a quarter of the frame is texture the network
-            # misread when enlarged (dense petals, foliage), not lettering
-            if min(bw, bh) < self.MIN_SIDE or min(bw, bh) > self.MAX_LINE * min(prob.shape):
+            # misread when enlarged (dense petals, foliage), not lettering; and DB's shrunk kernel of a
+            # word is long (two letters: ~7:1), while a lone blob the network took for a glyph (a flat
+            # disc reads as "O") is about as wide as tall
+            if (min(bw, bh) < self.MIN_SIDE or min(bw, bh) > self.MAX_LINE * min(prob.shape)
+                    or max(bw, bh) < self.MIN_ASPECT * min(bw, bh)):
                 continue
             box = cv2.boxPoints(((cx, cy), (bw, bh), angle))
             x0, y0 = np.floor(box.min(axis=0)).astype(int).clip(0)
