@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from footage import camera_clip, fence, grass, photo, shallow_focus, street_sign, subtitles, write_clip
 
+from footage import camera_clip, fence, grass, photo, shallow_focus, street_sign, subtitles, write_clip
 from opensora_mlops.curation.cutting import target_size
 from opensora_mlops.curation.scorers import ClipScorer, ScoringConfig, aesthetic_parts, sample_clip
 

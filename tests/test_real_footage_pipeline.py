@@ -14,8 +14,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from footage import camera_clip, fence, grass, photo, shallow_focus, street_sign, variable_times, write_clip, write_timed
 from PIL import Image
+
+from footage import (
+    camera_clip,
+    fence,
+    grass,
+    photo,
+    shallow_focus,
+    street_sign,
+    variable_times,
+    write_clip,
+    write_timed,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = {
