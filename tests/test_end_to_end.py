@@ -31,7 +31,8 @@ TINY = {
     "stage1": {"training": {"max_steps": 3}},
     "stage2": {"training": {"max_steps": 2}},
     "stage3": {"training": {"max_steps": 2}},
-    "evaluation": {"max_prompts": 2, "generation": {"num_frames": 4, "steps": 2, "batch_size": 2},
+    "evaluation": {"max_prompts": 2, "samples_per_prompt": 2, "training_prompts": 1,
+                   "generation": {"num_frames": 4, "steps": 2, "batch_size": 2},
                    "real_clips": {"max_clips": 2, "max_frames": 8},
                    "validation": {"max_clips": 2, "timesteps_per_range": 1}},
 }

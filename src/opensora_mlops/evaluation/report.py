@@ -89,7 +89,7 @@ def _grouped_bars(
                yerr=errors if errors.any() else None, capsize=3)
     for j, key in enumerate(keys):
         if chance and key in chance:
-            ax.hlines(chance[key], j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=1,
+            ax.hlines(chance[key], j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=1, zorder=3,
                       label="chance" if j == min(i for i, k in enumerate(keys) if k in chance) else None)
     ax.set_xticks(x)
     ax.set_xticklabels(keys, rotation=30, ha="right")
@@ -259,17 +259,17 @@ def write_report(content: ReportContent, out_dir: str | Path) -> dict[str, str]:
             prompts = content.splits.get(key, [])
             parts.append(f"<h3>{html.escape(split.capitalize())} combinations</h3>")
             described = {
-                "seen": "prompts whose colour, shape, background and direction occur together in a "
+                "seen": "their colour, shape, background and direction occur together in a "
                 "training caption",
-                "held-out": "prompts whose combination no training caption has",
+                "held-out": "no training caption has their combination",
             }.get(split, "")
             if values:
                 parts += [
-                    f"<p>{len(prompts)} {html.escape(described)}.</p>",
+                    f"<p>{len(prompts)} prompt(s): {html.escape(described)}.</p>",
                     _html_table(adherence_rows(values, content.chance), ["chance", *values], "metric"),
                 ]
             else:
-                parts.append(f"<p>No {html.escape(described)} were evaluated.</p>")
+                parts.append(f"<p>No {html.escape(split)} prompts were evaluated.</p>")
             if prompts:
                 parts.append(
                     "<details><summary>prompts</summary><ul>"
