@@ -206,6 +206,22 @@ def test_windows_of_a_clip_are_decoded_in_one_pass(clips, caplog):
     assert {w["row"] for w in replaced} <= {0, 1} and replaced[0]["text"] in ("clip a", "clip b")
 
 
+def test_strided_clip_is_every_interval_th_frame(clips):
+    from opensora_mlops.data.dataset import DecodeError
+
+    ds = VideoBucketDataset(clip_table(clips), frame_interval=2, root=clips, seed=4)
+    sample = ds.strided(SampleKey(1, 8, H, W, "144p/8/0.50"))
+    assert sample["frame_indices"].tolist() == list(range(0, N, 2)) and sample["num_frames"] == 8
+    frames = ((sample["video"].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    assert sample["video"].shape == (3, N // 2, H, W) and [read_number(f) for f in frames] == list(range(0, N, 2))
+    assert sample["text"] == "clip b" and sample["fps"] == FPS
+    assert ds.strided(SampleKey(1, 8, H, W, "144p/8/0.50"), max_frames=10)["frame_indices"].tolist() == list(
+        range(0, 20, 2))
+    assert ds.strided(SampleKey(2, 1, 144, 256, "144p/1/0.56"))["video"].shape == (3, 1, 144, 256)  # an image
+    with pytest.raises(DecodeError, match="fewer than the bucket's 50"):
+        ds.load_strided(SampleKey(1, 50, H, W, "x"))
+
+
 def _starts(ds, key, batches, epoch=0):
     ds.set_epoch(epoch)
     loader = torch.utils.data.DataLoader(

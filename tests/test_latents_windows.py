@@ -1,5 +1,6 @@
-"""Latent cache windows: every non-overlapping window of a clip is cached, and training takes a
-different one of them each epoch (resumable, deterministic)."""
+"""Latent cache windows: a clip is cached whole (strided frames, or non-overlapping tiles), any window of
+the bucket's frame count in it is a training sample, and training takes a different one each epoch
+(resumable, deterministic)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from opensora_mlops.config import ConfigError
 from opensora_mlops.curation.synthetic import generate_corpus
 from opensora_mlops.data.buckets import BucketConfig, assign_buckets
 from opensora_mlops.data.sampler import VariableVideoBatchSampler
+from opensora_mlops.data.video_io import read_video
 from opensora_mlops.training.latents import (
     INDEX_FILE,
     TENSORS_FILE,
@@ -82,44 +85,53 @@ def test_window_of_visits_every_window_once_per_cycle():
     assert len(orders) > 5  # clips do not share one order
 
 
-def test_stage_cache_holds_every_window_and_training_cycles_through_them(clips, tmp_path):
+@pytest.mark.parametrize("mode", ["slice", "tile"])
+def test_stage_cache_holds_whole_clips_and_training_cycles_through_their_windows(clips, tmp_path, mode):
     stage, total_frames = clips
     manifest = build_stage_caches(stage, tmp_path / "cache", PoolingVAE(), HashText(),
-                                  frame_interval=INTERVAL, seed=3)  # fmt: skip
+                                  frame_interval=INTERVAL, seed=3, windows=mode)  # fmt: skip
     cache = LatentCache(manifest["train_dir"])
-    span = FRAMES * INTERVAL
     is_image = cache.index["bucket_num_frames"].to_numpy() == 1
-    expected = np.where(is_image, 1, [n // span for n in total_frames])
+    # slice: every 2nd frame encoded once, any 4 consecutive latent frames a window; tile: each
+    # non-overlapping window of 8 source frames encoded on its own
+    strided = np.array([-(-n // INTERVAL) for n in total_frames])
+    expected = np.where(is_image, 1, strided - FRAMES + 1 if mode == "slice" else
+                        np.array(total_frames) // (FRAMES * INTERVAL))
     assert cache.num_windows.tolist() == expected.tolist() and expected[~is_image].min() >= 2
     assert manifest["num_train_windows"] == expected.sum() == cache.meta["num_windows"]
     for row in range(len(cache)):
         frames = cache.tensors[f"frames.{row}"]
-        latents = cache.tensors[f"latent.{row}"]
-        assert latents.shape[:3] == (expected[row], 3, cache.index["bucket_num_frames"].iloc[row])
-        if not is_image[row]:
-            flat = frames.reshape(-1)
-            assert torch.all(flat[1:] > flat[:-1]) and int(flat[-1]) < total_frames[row]  # no overlap
-            assert torch.all(frames[1:, 0] - frames[:-1, 0] == span)
-            # a moving shape: the windows of a clip show different frames
-            assert not torch.allclose(latents[0], latents[1])
+        if is_image[row]:
+            assert frames.tolist() == [0] and cache.latent(row).shape[1] == 1
+            continue
+        assert torch.all(frames[1:] > frames[:-1]) and int(frames[-1]) < total_frames[row]
+        if mode == "slice":
+            assert frames.tolist() == list(range(0, total_frames[row], INTERVAL))
+        # each window's latent is the VAE's encoding of exactly its frames
+        video = torch.from_numpy(read_video(stage["path"].iloc[row])[0]).permute(3, 0, 1, 2).float() / 127.5 - 1
+        for window in range(cache.num_windows[row]):
+            start = int(cache.tensors[f"starts.{row}"][window])
+            picked = frames[start : start + FRAMES]
+            assert len(picked) == FRAMES and picked[-1] - picked[0] < FRAMES * INTERVAL
+            torch.testing.assert_close(cache.latent(row, window), PoolingVAE().encode(video[None, :, picked])[0],
+                                       atol=2e-2, rtol=0)  # fmt: skip
+        # a moving shape: the windows of a clip show different frames
+        assert not torch.allclose(cache.latent(row, 0), cache.latent(row, 1))
     # the cache's batches: each clip at the window its epoch picks, all of them over K epochs
     sampler = VariableVideoBatchSampler(cache.index, CONFIG, seed=5, reassign_each_epoch=False)
-    batches = CachedBatches(cache, sampler)
-    per_epoch = len(sampler)
-    stream = iter(batches)
-    seen: dict[int, set] = {}
+    stream = iter(CachedBatches(cache, sampler))
     planner = VariableVideoBatchSampler(cache.index, CONFIG, seed=5, reassign_each_epoch=False)
+    seen: dict[int, set] = {}
     for epoch in range(int(expected.max())):
         planner.set_epoch(epoch)
-        plan = planner.plan()
-        for rows in plan.batches:
+        for rows in planner.plan().batches:
             batch = next(stream)
             for i, row in enumerate(rows):
                 window = window_of(5, epoch, int(row), int(expected[row]))
                 torch.testing.assert_close(batch["x"][i], cache.latent(int(row), window))
                 seen.setdefault(int(row), set()).add(window)
-        assert len(plan.batches) == per_epoch
     assert all(seen[r] == set(range(expected[r])) for r in range(len(cache)) if expected[r] == expected.max())
+    assert len(seen) == len(cache)  # every clip (partial batches included) every epoch
 
 
 def test_cached_batches_resume_at_the_same_windows(clips, tmp_path):
@@ -143,30 +155,54 @@ def test_cached_batches_resume_at_the_same_windows(clips, tmp_path):
         torch.testing.assert_close(next(stream)["x"], expected)
 
 
-def test_write_latent_cache_takes_tensors_samples_and_window_lists(tmp_path):
-    table = pd.DataFrame({"path": ["a", "b"], "text": ["one two", "three"], "fps": [24.0, 30.0],
-                          "bucket_id": ["b", "b"], "bucket_num_frames": [2, 2], "bucket_height": [16, 16],
-                          "bucket_width": [16, 16]})  # fmt: skip
-    windows = {0: [torch.full((3, 2, 16, 16), v) for v in (-0.5, 0.0, 0.5)], 1: torch.full((3, 2, 16, 16), 0.25)}
-    directory = write_latent_cache(tmp_path / "c", table, lambda key: windows[key.row], PoolingVAE().encode,
+def test_write_latent_cache_takes_clips_samples_and_tiles(tmp_path):
+    table = pd.DataFrame({"path": ["a", "b", "c"], "text": ["one two", "three", "four"], "fps": [24.0, 30.0, 8.0],
+                          "bucket_id": ["b", "b", "b"], "bucket_num_frames": [2, 2, 2], "bucket_height": [16, 16, 16],
+                          "bucket_width": [16, 16, 16]})  # fmt: skip
+    ramp = torch.linspace(-1, 1, 5)[None, :, None, None].expand(3, 5, 16, 16)  # frame f has value ramp[f]
+    loaded = {0: [torch.full((3, 2, 16, 16), v) for v in (-0.5, 0.0, 0.5)],  # three tiles
+              1: {"video": ramp, "fps": 12.0, "text": "five", "frame_indices": torch.arange(0, 10, 2)},
+              2: torch.full((3, 2, 16, 16), 0.25)}
+    directory = write_latent_cache(tmp_path / "c", table, lambda key: loaded[key.row], PoolingVAE().encode,
                                    HashText().encode, {"stage": "x"}, batch_size=2)
     cache = LatentCache(directory)
-    assert cache.num_windows.tolist() == [3, 1]
+    assert cache.num_windows.tolist() == [3, 4, 1] and cache.index["num_latent_frames"].tolist() == [6, 5, 2]
     assert [float(cache.latent(0, w).mean()) for w in range(3)] == pytest.approx([-0.5, 0.0, 0.5])
-    batch = cache.get([0, 1], [2, 0])
-    first = cache.get([0, 1])["x"]
+    # a 5-frame clip in a 2-frame bucket: windows at every start, frames (f, f+1)
+    for w in range(4):
+        assert cache.latent(1, w)[0, :, 0, 0].tolist() == pytest.approx(ramp[0, w : w + 2, 0, 0].tolist())
+    assert cache.tensors["frames.1"].tolist() == [0, 2, 4, 6, 8]
+    assert cache.index["fps"].tolist() == [24.0, 12.0, 8.0]  # the sample's fps wins
+    torch.testing.assert_close(cache.get([1])["y"], HashText().encode(["five"])[0])  # and its own caption
+    batch = cache.get([0, 2], [2, 0])
     assert batch["x"].shape == (2, 3, 2, 2, 2) and batch["x"][:, 0, 0, 0, 0].tolist() == pytest.approx([0.5, 0.25])
-    assert cache.get([0])["x"][0, 0, 0, 0, 0] == pytest.approx(-0.5)  # window 0 by default
+    first = cache.get([0, 2])["x"]
+    assert first[0, 0, 0, 0, 0] == pytest.approx(-0.5)  # window 0 by default
     with pytest.raises(IndexError, match="1 window"):
-        cache.get([1], [1])
-    with pytest.raises(ValueError, match="2 rows but 1 windows"):
-        cache.get([0, 1], [0])
-    # a cache written before windows (one 4-D latent per clip, no num_windows column) still reads
+        cache.get([2], [1])
+    with pytest.raises(ValueError, match="3 rows but 1 windows"):
+        cache.get([0, 1, 2], [0])
+    with pytest.raises(ValueError, match="at least 2"):
+        write_latent_cache(tmp_path / "d", table.iloc[[2]], lambda key: torch.zeros(3, 1, 16, 16),
+                           PoolingVAE().encode, HashText().encode, {})
+    with pytest.raises(ValueError, match="windows='tile'"):  # a VAE that halves the frame count
+        write_latent_cache(tmp_path / "e", table.iloc[[1]], lambda key: loaded[1],
+                           lambda v: PoolingVAE().encode(v)[:, :, ::2], HashText().encode, {})
+    # a cache written before windows (one 4-D latent per clip, no starts) still reads: one window
     tensors = load_file(str(directory / TENSORS_FILE))
-    tensors = {k: (v[0] if k.startswith("latent.") else v) for k, v in tensors.items()}
+    tensors = {k: (v[:, :2].contiguous() if k.startswith("latent.") else v) for k, v in tensors.items()
+               if not k.startswith("starts.")}
     save_file(tensors, str(directory / TENSORS_FILE))
     pd.read_parquet(directory / INDEX_FILE).drop(columns=["num_windows"]).to_parquet(directory / INDEX_FILE)
     old = LatentCache(directory)
-    assert old.num_windows.tolist() == [1, 1]
-    torch.testing.assert_close(old.get([0, 1])["x"], first)
-    assert json.loads((directory / "meta.json").read_text())["num_windows"] == 4
+    assert old.num_windows.tolist() == [1, 1, 1]
+    torch.testing.assert_close(old.get([0, 2])["x"], first)
+    assert json.loads((directory / "meta.json").read_text())["num_windows"] == 8
+
+
+def test_bad_window_settings_are_config_errors(clips, tmp_path):
+    stage, _ = clips
+    with pytest.raises(ConfigError, match="windows must be one of"):
+        build_stage_caches(stage, tmp_path, PoolingVAE(), HashText(), windows="random")
+    with pytest.raises(ConfigError, match="max_latent_frames 2 is below the longest bucket"):
+        build_stage_caches(stage, tmp_path, PoolingVAE(), HashText(), max_latent_frames=2)

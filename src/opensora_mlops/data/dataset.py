@@ -8,10 +8,11 @@ before the first needed frame and decodes forward until the last needed one, con
 needed frames, already scaled by swscale so that they cover the bucket size; the centre crop
 follows. Images are one frame (T = 1).
 
-:meth:`VideoBucketDataset.load_windows` instead tiles the clip with every non-overlapping window of
-``T · frame_interval`` frames (at a random common offset) and returns one sample per window, decoded
-in one pass: what the latent cache stores, so that training on cached latents still sees different
-windows of a clip (a 2–3 s clip holds 3–5 windows of 8 frames at interval 2).
+For the latent cache two more loaders return a whole clip rather than one random window, so that
+training on cached latents still sees different windows of a clip: :meth:`VideoBucketDataset.strided`
+gives every ``frame_interval``-th frame of the clip (a frame-wise VAE's latents of it can be sliced into
+any window of T frames), :meth:`VideoBucketDataset.windows` every non-overlapping window of
+``T · frame_interval`` frames (at a random common offset), one sample each. Both decode in one pass.
 
 Randomness comes from a per-worker generator: :func:`worker_init_fn` seeds numpy, ``random``, torch
 and the dataset's generator from (base seed, epoch, rank, worker id), so two workers never draw the
@@ -72,6 +73,15 @@ def temporal_crop_indices(
     span = num_frames * frame_interval
     begin = int(rng.integers(0, max(0, total_frames - span - 1) + 1))
     return window_indices(begin, total_frames, num_frames, frame_interval)
+
+
+def strided_indices(total_frames: int, frame_interval: int, max_frames: int | None = None) -> np.ndarray:
+    """Every ``frame_interval``-th frame from the first: 0, fi, 2·fi, … (at most ``max_frames``)."""
+    if total_frames < 1 or frame_interval < 1:
+        raise ValueError(f"need a positive frame count and interval, got {total_frames} and {frame_interval}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    return np.arange(0, total_frames, frame_interval, dtype=np.int64)[:max_frames]
 
 
 def tiled_window_indices(
@@ -321,6 +331,20 @@ class VideoBucketDataset(torch.utils.data.Dataset):
         frames, fps, indices = self._read_frames(key, None)
         return self._sample(key, frames, fps, indices)
 
+    def load_strided(self, key: SampleKey, max_frames: int | None = None) -> dict[str, Any]:
+        """One sample of every ``frame_interval``-th frame of the clip (:func:`strided_indices`; at least
+        the bucket's T frames; an image: its one frame), without the failure fallback. Its
+        ``num_frames`` stays the bucket's T: ``video`` holds more frames, any T consecutive of which
+        form a training window."""
+        if self._path(key.row).suffix.lower() in IMAGE_EXTENSIONS:
+            return self.load(key)
+        indices = strided_indices(int(self._frames[key.row]), self.frame_interval, max_frames)
+        if len(indices) < key.num_frames:
+            raise DecodeError(f"{self._path(key.row)}: {self._frames[key.row]} frames give {len(indices)} at "
+                              f"interval {self.frame_interval}, fewer than the bucket's {key.num_frames}")
+        frames, fps, _ = self._read_frames(key, indices)
+        return self._sample(key, frames, fps, indices)
+
     def load_windows(self, key: SampleKey, max_windows: int | None = None) -> list[dict[str, Any]]:
         """One sample per non-overlapping window of the clip (:func:`tiled_window_indices`; an image:
         its one frame), decoded in one pass, without the failure fallback."""
@@ -369,6 +393,10 @@ class VideoBucketDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: SampleKey | Sequence[Any] | int) -> dict[str, Any]:
         return self._with_fallback(self._key(index), self.load)
+
+    def strided(self, index: SampleKey | Sequence[Any] | int, max_frames: int | None = None) -> dict[str, Any]:
+        """:meth:`load_strided` with the failure fallback of ``__getitem__``."""
+        return self._with_fallback(self._key(index), lambda key: self.load_strided(key, max_frames))
 
     def windows(self, index: SampleKey | Sequence[Any] | int, max_windows: int | None = None) -> list[dict[str, Any]]:
         """:meth:`load_windows` with the failure fallback of ``__getitem__`` (a replacement row's

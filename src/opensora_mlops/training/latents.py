@@ -2,18 +2,25 @@
 
 The embedded default encodes every kept clip of a stage's bucket table once (VAE latents + text
 embeddings) into ``data/05_model_input/<stage>_latents/``: ``index.parquet`` (the bucket table rows,
-one per cached clip, with ``num_windows``) and ``tensors.safetensors`` (``latent.<i>`` [K, C, T, H, W],
-``frames.<i>`` [K, T] source frame numbers, ``text.<i>``, ``text_mask.<i>``).
+one per cached clip, with ``num_windows`` and ``num_latent_frames``) and ``tensors.safetensors``
+(``latent.<i>`` [C, L, h, w], ``starts.<i>`` [K] the latent frame where each of the clip's K training
+windows starts, ``frames.<i>`` [L] their source frame numbers, ``text.<i>``, ``text_mask.<i>``).
 Training then never touches the VAE or the text encoder, which keeps CPU training fast. The batch
 plan is the bucketing pipeline's: :class:`VariableVideoBatchSampler` over the stored ``bucket_id``.
 
-A clip is cached as K temporal *windows*: every non-overlapping window of the bucket's frame count
-(at the stage's frame interval) that fits in it, up to ``max_windows``
-(:meth:`~opensora_mlops.data.dataset.VideoBucketDataset.windows`). One fixed window per clip would
-show the model the same 8 frames of a clip in every epoch; :class:`CachedBatches` instead takes, for
-each clip, a different window each epoch, visiting all K of a clip in every K epochs in a random order
-(:func:`window_of`) that depends on (seed, epoch, row) only, so a resumed run sees the same windows.
-Validation and evaluation read window 0 (fixed, comparable between runs).
+A clip is cached whole, not as one fixed window of the bucket's T frames: one fixed window would show
+the model the same T frames of a clip in every epoch. ``windows="slice"`` (the default) encodes every
+``frame_interval``-th frame of the clip (up to ``max_latent_frames``) once, and any T consecutive
+latent frames are a window: a 2.5 s clip at 26 fps and interval 2 gives 33 latent frames, so 26
+8-frame windows, for the VAE cost of 4 separate ones. That is exact for a VAE that encodes frame by
+frame, as every VAE of this platform does (SD's and the fitted AutoencoderTiny, through
+:class:`~opensora_mlops.models.vae.VideoAutoencoder`); ``windows="tile"`` is for one that mixes frames
+(it encodes every non-overlapping window separately and concatenates them).
+
+:class:`CachedBatches` takes, for each clip, a different window each epoch, visiting all K of a clip
+in every K epochs in a random order (:func:`window_of`) that depends on (seed, epoch, row) only, so a
+resumed run sees the same windows. Validation and evaluation read window 0 (fixed, comparable
+between runs).
 """
 
 from __future__ import annotations
@@ -38,8 +45,10 @@ from opensora_mlops.data.sampler import SampleKey, VariableVideoBatchSampler
 logger = logging.getLogger(__name__)
 
 #: Layout of the cache files; part of the reuse key, so a cache of another layout is encoded again.
-CACHE_FORMAT = 2
-DEFAULT_MAX_WINDOWS = 8
+CACHE_FORMAT = 3
+#: Latent frames cached per clip at most (a 4 s clip at 30 fps and interval 2 has 60).
+DEFAULT_MAX_LATENT_FRAMES = 64
+WINDOW_MODES = ("slice", "tile")
 INDEX_FILE = "index.parquet"
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
@@ -112,22 +121,32 @@ class LatentCache:
         self.index = pd.read_parquet(self.directory / INDEX_FILE)
         self.meta = json.loads((self.directory / META_FILE).read_text())
         self.tensors = load_file(str(self.directory / TENSORS_FILE))
-        if "num_windows" in self.index.columns:
-            self.num_windows = self.index["num_windows"].to_numpy(dtype=np.int64)
-        else:  # a cache written before windows: one [C, T, H, W] latent per clip
-            self.num_windows = np.ones(len(self.index), dtype=np.int64)
+        self._frames = self.index["bucket_num_frames"].to_numpy(dtype=np.int64)
+        self._starts = [self._window_starts(r) for r in range(len(self.index))]
+        self.num_windows = np.array([len(s) for s in self._starts], dtype=np.int64)
+
+    def _window_starts(self, row: int) -> np.ndarray:
+        if f"starts.{row}" in self.tensors:
+            return self.tensors[f"starts.{row}"].numpy()
+        latent = self.tensors[f"latent.{row}"]
+        if latent.dim() == 5:  # format 2: [K, C, T, h, w] tiles
+            return np.arange(latent.shape[0], dtype=np.int64) * latent.shape[2]
+        return np.zeros(1, dtype=np.int64)  # format 1: one [C, T, h, w] window per clip
 
     def __len__(self) -> int:
         return len(self.index)
 
     def latent(self, row: int, window: int = 0) -> torch.Tensor:
-        """Latent [C, T, H, W] of one window of one cached clip."""
-        latent = self.tensors[f"latent.{int(row)}"]
-        if latent.dim() == 4:
-            latent = latent[None]
-        if not 0 <= window < latent.shape[0]:
-            raise IndexError(f"cached clip {row} has {latent.shape[0]} window(s), asked for window {window}")
-        return latent[window]
+        """Latent [C, T, h, w] of one training window of one cached clip."""
+        row = int(row)
+        starts = self._starts[row]
+        if not 0 <= window < len(starts):
+            raise IndexError(f"cached clip {row} has {len(starts)} window(s), asked for window {window}")
+        latent = self.tensors[f"latent.{row}"]
+        if latent.dim() == 5:
+            latent = latent.permute(1, 0, 2, 3, 4).flatten(1, 2)  # tiles back to back in time
+        start = int(starts[window])
+        return latent[:, start : start + int(self._frames[row])]
 
     def get(self, rows: list[int] | np.ndarray, windows: list[int] | np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """The batch of ``rows``, each at its window in ``windows`` (default: window 0 of every row)."""
@@ -159,11 +178,13 @@ def write_latent_cache(
 ) -> Path:
     """Encode every row of ``table`` (kept bucket rows) and write the cache atomically.
 
-    ``load_video(key)`` returns the clip [3, T, H, W] in [-1, 1] at its bucket size, or the dataset's
-    sample dict (``video``, the ``fps`` it fed the model: images get the dataset's image fps, ``text``
-    and ``frame_indices``), or a list of either: the clip's windows. ``encode_video`` maps
-    [B, 3, T, H, W] to latents (``batch_size`` windows at a time); ``encode_text`` maps captions to
-    (emb, mask). A sample's own ``text`` is encoded (a replacement for a broken file brings its own).
+    ``load_video(key)`` returns the clip [3, L, H, W] in [-1, 1] at its bucket size with L >= the
+    bucket's T frames (every T consecutive frames are a training window), or the dataset's sample dict
+    (``video``, the ``fps`` it fed the model: images get the dataset's image fps, ``text`` and
+    ``frame_indices``), or a list of T-frame ones: tiles, each encoded on its own and each one window.
+    ``encode_video`` maps [B, 3, T, H, W] to latents with the same number of frames; ``encode_text``
+    maps captions to (emb, mask), ``batch_size`` at a time. A sample's own ``text`` is encoded (a
+    replacement for a broken file brings its own).
     """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
@@ -172,17 +193,8 @@ def write_latent_cache(
     table = table.reset_index(drop=True)
     fps = table["fps"].astype(float).to_numpy().copy() if "fps" in table.columns else np.full(len(table), np.nan)
     num_windows = np.zeros(len(table), dtype=np.int64)
+    num_latent_frames = np.zeros(len(table), dtype=np.int64)
     groups = table.groupby("bucket_id", sort=True).indices
-    latents: dict[int, list[torch.Tensor]] = {}
-    pending: list[tuple[int, torch.Tensor]] = []  # (row, window video) waiting for the encoder
-
-    def encode_pending() -> None:
-        with torch.no_grad():
-            encoded = encode_video(torch.stack([video for _, video in pending]))
-        for (r, _), latent in zip(pending, encoded, strict=True):
-            latents.setdefault(r, []).append(latent.detach().float().contiguous().cpu())
-        pending.clear()
-
     with tqdm(total=len(table), desc=f"caching latents -> {directory.name}", unit="clip") as bar:
         for _, rows in groups.items():
             for start in range(0, len(rows), batch_size):
@@ -190,27 +202,39 @@ def write_latent_cache(
                 texts = []
                 for r in chunk:
                     row = table.iloc[r]
-                    key = SampleKey(r, int(row["bucket_num_frames"]), int(row["bucket_height"]),
-                                    int(row["bucket_width"]), str(row["bucket_id"]))
+                    t = int(row["bucket_num_frames"])
+                    key = SampleKey(r, t, int(row["bucket_height"]), int(row["bucket_width"]), str(row["bucket_id"]))
                     loaded = load_video(key)
-                    windows = list(loaded) if isinstance(loaded, list | tuple) else [loaded]
-                    if not windows:
-                        raise ValueError(f"load_video returned no windows for row {r} ({row.get('path')})")
-                    text = str(row["text"])
-                    frame_indices = []
-                    for sample in windows:
+                    tiles = isinstance(loaded, list | tuple)
+                    samples = list(loaded) if tiles else [loaded]
+                    if not samples:
+                        raise ValueError(f"load_video returned no video for row {r} ({row.get('path')})")
+                    text, videos, frame_indices = str(row["text"]), [], []
+                    for sample in samples:
                         if isinstance(sample, Mapping):
                             fps[r] = float(sample["fps"])  # the micro-condition the dataset decided on
                             text = str(sample.get("text", text))
                             if "frame_indices" in sample:
                                 frame_indices.append(torch.as_tensor(sample["frame_indices"], dtype=torch.long))
                             sample = sample["video"]
-                        pending.append((r, sample))
-                        if len(pending) >= batch_size:
-                            encode_pending()
-                    if len(frame_indices) == len(windows):
-                        tensors[f"frames.{r}"] = torch.stack(frame_indices).contiguous()
-                    num_windows[r] = len(windows)
+                        videos.append(sample)
+                    lengths = {int(v.shape[1]) for v in videos}
+                    if (tiles and lengths != {t}) or min(lengths) < t:
+                        raise ValueError(f"row {r}: load_video gave {sorted(lengths)} frame(s) for a {t}-frame bucket "
+                                         f"({'every tile must have exactly' if tiles else 'a clip needs at least'} {t})")
+                    with torch.no_grad():
+                        encoded = encode_video(torch.stack(videos) if tiles else videos[0][None])
+                    if encoded.shape[2] != (t if tiles else videos[0].shape[1]):
+                        raise ValueError(f"the VAE turned {videos[0].shape[1]} frames into {encoded.shape[2]} latent "
+                                         "frames: cache windows='tile' for a VAE that does not encode frame by frame")
+                    latent = encoded.permute(1, 0, 2, 3, 4).flatten(1, 2) if tiles else encoded[0]
+                    tensors[f"latent.{r}"] = latent.detach().float().contiguous().cpu()
+                    length = latent.shape[1]
+                    starts = np.arange(0, length, t) if tiles else np.arange(0, length - t + 1)
+                    tensors[f"starts.{r}"] = torch.from_numpy(starts.astype(np.int64))
+                    if len(frame_indices) == len(videos):
+                        tensors[f"frames.{r}"] = torch.cat(frame_indices).contiguous()
+                    num_windows[r], num_latent_frames[r] = len(starts), length
                     texts.append(text)
                 with torch.no_grad():
                     emb, mask = encode_text(texts)
@@ -218,10 +242,6 @@ def write_latent_cache(
                     tensors[f"text.{r}"] = emb[j].detach().float().contiguous().cpu()
                     tensors[f"text_mask.{r}"] = mask[j].detach().long().contiguous().cpu()
                 bar.update(len(chunk))
-            if pending:  # a bucket's last windows (the next bucket's have another shape)
-                encode_pending()
-    for r, stack in latents.items():
-        tensors[f"latent.{r}"] = torch.stack(stack).contiguous()
     save_file(tensors, str(tmp / TENSORS_FILE))
     index = table.copy()
     if np.isnan(fps).any():
@@ -229,11 +249,13 @@ def write_latent_cache(
         raise ValueError(f"no fps for {int(np.isnan(fps).sum())} cached sample(s), e.g. {bad}")
     index["fps"] = fps
     index["num_windows"] = num_windows
+    index["num_latent_frames"] = num_latent_frames
     for col in index.columns:  # Parquet wants plain column types for object columns
         if index[col].dtype == object:
             index[col] = index[col].astype(str)
     index.to_parquet(tmp / INDEX_FILE, index=False)
-    meta = {**dict(meta), "format": CACHE_FORMAT, "num_windows": int(num_windows.sum())}
+    meta = {**dict(meta), "format": CACHE_FORMAT, "num_windows": int(num_windows.sum()),
+            "num_latent_frames": int(num_latent_frames.sum())}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     if directory.exists():
         import shutil
@@ -284,10 +306,11 @@ def build_stage_caches(
     batch_size: int = 4,
     meta: Mapping[str, Any] | None = None,
     reuse_key: Mapping[str, Any] | None = None,
-    max_windows: int | None = DEFAULT_MAX_WINDOWS,
+    windows: str = "slice",
+    max_latent_frames: int | None = DEFAULT_MAX_LATENT_FRAMES,
 ) -> dict[str, Any]:
     """Encode a stage's kept clips into ``<out_dir>/train`` and, with a hold-out, ``<out_dir>/val``,
-    each clip as every non-overlapping window of its bucket (at most ``max_windows``; None: all).
+    each clip whole (``windows``, ``max_latent_frames``: module docstring).
 
     Returns a manifest dict (directories, counts, a content hash of the input table) that the
     pipeline stores as its catalog output. With ``reuse_key`` (what identifies the encoders, e.g. their
@@ -297,6 +320,11 @@ def build_stage_caches(
     from opensora_mlops.data.dataset import VideoBucketDataset
 
     kept = check_bucket_table(bucket_table)
+    if windows not in WINDOW_MODES:
+        raise ConfigError(f"latent cache windows must be one of {list(WINDOW_MODES)}, got {windows!r}")
+    if max_latent_frames is not None and max_latent_frames < int(kept["bucket_num_frames"].max()):
+        raise ConfigError(f"max_latent_frames {max_latent_frames} is below the longest bucket "
+                          f"({int(kept['bucket_num_frames'].max())} frames)")
     out_dir = Path(out_dir)
     held = holdout_mask(kept["path"], holdout_fraction, seed)
     content_hash = hashlib.sha256(
@@ -310,7 +338,7 @@ def build_stage_caches(
         identity = {"table": pd.util.hash_pandas_object(kept.astype(str), index=False).values.tobytes().hex(),
                     "frame_interval": frame_interval, "holdout_fraction": holdout_fraction, "seed": seed,
                     "video_root": str(video_root), "encoders": dict(reuse_key), "format": CACHE_FORMAT,
-                    "max_windows": max_windows}
+                    "windows": windows, "max_latent_frames": max_latent_frames}
         cache_key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
         stored = out_dir / "manifest.json"
         if stored.exists():
@@ -326,10 +354,16 @@ def build_stage_caches(
             continue
         rows = rows.reset_index(drop=True)
         dataset = VideoBucketDataset(rows, frame_interval=frame_interval, root=video_root, seed=seed)
+        if windows == "slice":
+            def load(key, ds=dataset):
+                return ds.strided(key, max_latent_frames)
+        else:
+            def load(key, ds=dataset):
+                return ds.windows(key, None if max_latent_frames is None else max_latent_frames // key.num_frames)
         written = write_latent_cache(
-            out_dir / split, rows, lambda key, ds=dataset: ds.windows(key, max_windows), vae.encode,
-            text_encoder.encode, {**dict(meta or {}), **manifest, "split": split, "num_samples": len(rows),
-                                  "max_windows": max_windows}, batch_size=batch_size,
+            out_dir / split, rows, load, vae.encode, text_encoder.encode,
+            {**dict(meta or {}), **manifest, "split": split, "num_samples": len(rows), "windows": windows,
+             "max_latent_frames": max_latent_frames}, batch_size=batch_size,
         )  # fmt: skip
         manifest[f"{split}_dir"] = str(out_dir / split)
         manifest[f"num_{split}"] = len(rows)
