@@ -1,12 +1,25 @@
 """Kedro hooks that track every ``kedro run`` in MLflow.
 
-* one parent run per ``kedro run`` (run name = the pipeline names), one nested run per namespace
-  (``stage1``, ``stage2``, ``stage3`` …): nodes of a namespace log into its nested run;
+* one parent run per ``kedro run`` (run name = the pipeline names), one nested run per training stage
+  (``stage1``, ``stage2``, ``stage3``) and per other namespaced pipeline: a stage's run holds only its
+  own nodes (bucketing's per-stage nodes, although namespaced ``stage1`` …, go to a ``bucketing`` run);
 * parameters flattened (``training_shared.model.name``), per-stage settings on the nested runs;
-* per-step metrics come from the training nodes' callback (loss, grad norm, lr, samples/s, tokens/s);
+* per-step metrics come from the training nodes' callback (loss, grad norm, lr, samples/s, tokens/s),
+  counted from 1 in each stage; the hooks add ``global_step`` (the step counted across stages 1 → 3)
+  to each stage run, so the compare view plots the stages one after another with ``global_step`` as
+  x-axis, and the parent run gets the stages' ``loss`` at those global steps;
+* each number once: a node's summary (``training_metrics``, ``validation_metrics``) is logged under
+  its own key unless the node already logged that metric, and repeated on the parent run as
+  ``<stage>.<key>``;
 * artifacts: the resolved stage config, sample GIFs, each stage's final weights;
 * tags: git commit (and whether the tree was dirty), data version (a hash of ``dvc.lock`` for the
-  parent, the input table's content hash on each stage), the Kedro env and pipeline.
+  parent, the input table's content hash on each stage), the Kedro env and pipeline, and the process
+  that owns the run: a run left ``RUNNING`` by a process that died without closing it (``kill -9``) is
+  marked ``FAILED`` when the next ``kedro run`` starts;
+* the experiment is a model-training one (``mlflow.experimentKind``), so the UI opens on its runs;
+* a local SQLite store copied with its checkout (``mlruns/``) is re-pointed at the copy's own
+  ``mlruns/artifacts`` (MLflow stores artifact locations as absolute paths), so the copy never writes
+  into the original's folders.
 
 Tracking URI: ``conf/<env>/mlflow.yml`` (``tracking_uri``), overridden by ``MLFLOW_TRACKING_URI``.
 An http(s) server that does not answer is reported with a warning and the run goes to the local
@@ -17,7 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
+import socket
+import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
@@ -34,6 +50,12 @@ MLFLOW_KEYS = ("tracking_uri", "artifact_location", "experiment_name", "fallback
 DEFAULT_FALLBACK = "sqlite:///mlruns/mlflow.db"
 MAX_PARAM_LENGTH = 6000
 DVC_REPORT_TAG = "dvc_report"  # opensora_mlops.pipelines.dvc_reports.TAG
+TRAINING_TAG = "training"  # the training template's nodes (opensora_mlops.pipelines.training)
+STAGES = ("stage1", "stage2", "stage3")  # training stages, in the order their steps add up
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+OWNER_TAGS = ("opensora.host", "opensora.pid", "opensora.process_started")
+EVENTS_FILE = "events.jsonl"  # the trainer's event log in each stage's run folder
+_URIS_SET_HERE: set[str] = set()  # tracking URIs these hooks exported through mlflow.set_tracking_uri
 
 
 def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -102,6 +124,104 @@ def data_version(root: Path) -> str:
     return "dvc:" + hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
 
 
+def process_owner() -> dict[str, str]:
+    """Tags naming this process, so a later run can tell whether it is still alive."""
+    import psutil
+
+    me = psutil.Process()
+    return {"opensora.host": socket.gethostname(), "opensora.pid": str(me.pid),
+            "opensora.process_started": f"{me.create_time():.3f}"}
+
+
+def owner_alive(tags: Mapping[str, str]) -> bool | None:
+    """Whether the process that opened a run (its :func:`process_owner` tags) still runs: ``None`` when
+    the run names no owner or one on another host (nothing can be said), ``False`` when that pid is gone
+    or now belongs to a process started at another time (the pid was reused)."""
+    import psutil
+
+    if tags.get("opensora.host") != socket.gethostname() or not tags.get("opensora.pid"):
+        return None
+    try:
+        process = psutil.Process(int(tags["opensora.pid"]))
+        started = process.create_time()
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process: it exists
+        return True
+    except ValueError:
+        return None
+    recorded = tags.get("opensora.process_started")
+    return recorded is None or abs(started - float(recorded)) < 1.0
+
+
+def fail_orphaned_runs(client, experiment_id: str) -> list[str]:
+    """Mark ``FAILED`` every ``RUNNING`` run of the experiment whose process died without closing it
+    (``kill -9``, a lost machine); returns their ids. Runs of live processes or other hosts stay."""
+    failed = []
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    for run in runs:
+        tags = run.data.tags
+        if owner_alive(tags) is False:
+            client.set_tag(run.info.run_id, "error", f"process {tags['opensora.pid']} on {tags['opensora.host']} "
+                           "ended without closing this run (killed?); marked FAILED by the next kedro run")
+            client.set_terminated(run.info.run_id, status="FAILED")
+            failed.append(run.info.run_id)
+    if failed:
+        logger.warning("MLflow: marked %d run(s) FAILED whose process was killed: %s", len(failed), ", ".join(failed))
+    return failed
+
+
+# MLflow keeps artifact locations as absolute paths (it resolves relative ones when it stores them)
+ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("logged_models", "artifact_location"), ("model_versions", "storage_location"),
+                    ("model_versions", "source"))
+
+
+def relocate_local_store(db_path: Path, artifact_root: Path) -> int:
+    """Re-point a SQLite store that was copied from another checkout at this one's artifact folder.
+
+    Every experiment location that ends like ``artifact_root`` (``…/mlruns/artifacts``) but lies
+    elsewhere - the checkout the store was copied from - is replaced by ``artifact_root``, in the
+    experiments, their runs, logged models and model versions, so runs logged from the copy land in
+    the copy. Returns the number of values changed (0 for a store in place or not made here)."""
+    if not db_path.is_file():
+        return 0
+    target = artifact_root.resolve().as_uri()
+    suffix = "/" + "/".join(artifact_root.resolve().parts[-2:])  # e.g. /mlruns/artifacts
+    changed = 0
+    with sqlite3.connect(db_path) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "experiments" not in tables:
+            return 0
+        locations = {row[0] for row in connection.execute("SELECT artifact_location FROM experiments")
+                     if row[0] and row[0].rstrip("/").endswith(suffix)}
+        for old in sorted(locations):
+            old = old.rstrip("/")
+            if old == target:
+                continue
+            for table, column in ARTIFACT_COLUMNS:
+                columns = ({row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+                           if table in tables else set())
+                if column not in columns:
+                    continue
+                cursor = connection.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                    (target, len(old) + 1, old, len(old) + 1, old + "/"))
+                changed += cursor.rowcount
+            logger.warning("MLflow store %s was copied from another checkout: artifact paths %s -> %s",
+                           db_path, old, target)
+    return changed
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
 class MLflowHooks:
     """Parent run per ``kedro run``, nested run per namespace (training stage)."""
 
@@ -112,6 +232,8 @@ class MLflowHooks:
         self.env = "local"
         self.parent_run_id: str | None = None
         self.nested: dict[str, str] = {}
+        self.step_offsets: dict[str, int] = {}
+        self.owner: dict[str, str] = {}
         self.fell_back = False
 
     # ------------------------------------------------------------------ setup
@@ -144,16 +266,31 @@ class MLflowHooks:
             return
         import mlflow
 
+        # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: the value an earlier run in this process
+        # left there is MLflow's echo of that run's store, not the user's choice for this project
+        if os.environ.get("MLFLOW_TRACKING_URI") in _URIS_SET_HERE:
+            os.environ.pop("MLFLOW_TRACKING_URI")
         uri, self.fell_back = resolve_tracking_uri(self.settings.get("tracking_uri"), self.root,
                                                    self.settings.get("fallback_uri", DEFAULT_FALLBACK))
+        artifacts = self.settings.get("artifact_location", "mlruns/artifacts")
+        store = sqlite_path(uri)
+        if store is not None and "://" not in artifacts and store.resolve().is_relative_to(self.root.resolve()):
+            relocate_local_store(store, self.root / artifacts)
+        if os.environ.get("MLFLOW_TRACKING_URI") != uri:  # not the user's own setting: ours to forget
+            _URIS_SET_HERE.add(uri)
         mlflow.set_tracking_uri(uri)
         name = self.settings.get("experiment_name", "opensora-mlops")
-        if mlflow.get_experiment_by_name(name) is None:
-            artifacts = self.settings.get("artifact_location", "mlruns/artifacts")
-            if "://" not in artifacts:
-                artifacts = (self.root / artifacts).resolve().as_uri()
-            mlflow.create_experiment(name, artifact_location=artifacts)
-        mlflow.set_experiment(name)
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            location = artifacts if "://" in artifacts else (self.root / artifacts).resolve().as_uri()
+            experiment_id = mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        else:
+            experiment_id = experiment.experiment_id
+            for key, value in EXPERIMENT_KIND.items():
+                if experiment.tags.get(key) != value:
+                    mlflow.MlflowClient().set_experiment_tag(experiment_id, key, value)
+        mlflow.set_experiment(experiment_id=experiment_id)
+        fail_orphaned_runs(mlflow.MlflowClient(), experiment_id)
         while mlflow.active_run() is not None:  # a run left open by an earlier session in this process
             mlflow.end_run()
         pipelines = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
@@ -163,7 +300,9 @@ class MLflowHooks:
         run = mlflow.start_run(run_name="kedro run " + ",".join(str(p) for p in pipelines))
         self.parent_run_id = run.info.run_id
         self.nested = {}
-        mlflow.set_tags({
+        self.step_offsets = {}
+        self.owner = process_owner()
+        mlflow.set_tags({**self.owner,
             "mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(dirty),
             "data_version": data_version(self.root), "kedro_env": str(run_params.get("env") or self.env),
             "kedro_pipeline": ",".join(str(p) for p in pipelines),
@@ -196,24 +335,56 @@ class MLflowHooks:
         self.parent_run_id = None
 
     # ------------------------------------------------------------------ nodes
+    @staticmethod
+    def run_name(node) -> str:
+        """The nested run a namespaced node logs into: its namespace, except that another pipeline's
+        per-stage template (bucketing's nodes in ``stage1`` …) gets that pipeline's run, so that a stage's
+        run holds only the stage's own nodes."""
+        namespace = node.namespace.split(".")[0]
+        if namespace in STAGES and TRAINING_TAG not in node.tags:
+            others = sorted(set(node.tags) - {DVC_REPORT_TAG})
+            return others[0] if others else namespace
+        return namespace
+
+    def _stage_offset(self, stage: str, catalog) -> int:
+        """Steps the stages before ``stage`` trained: their model manifests' ``steps``."""
+        from kedro.io import DatasetError
+
+        offset = 0
+        for earlier in STAGES[: STAGES.index(stage)]:
+            name = f"{earlier}.model"
+            try:
+                manifest = catalog.load(name) if catalog.exists(name) else None
+            except (DatasetError, OSError, ValueError) as error:  # only the offset is lost
+                logger.warning("MLflow: cannot read %s for the global step offset (%s); counting it as 0",
+                               name, error)
+                manifest = None
+            if isinstance(manifest, Mapping):
+                offset += int(manifest.get("steps") or 0)
+        return offset
+
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool, run_id: str) -> None:
         if not self._tracks(node):
             return
         import mlflow
 
-        namespace = node.namespace.split(".")[0]
-        run_id_ = self.nested.get(namespace)
+        name = self.run_name(node)
+        run_id_ = self.nested.get(name)
         if run_id_ is None:
-            run = mlflow.start_run(run_name=namespace, nested=True)
-            self.nested[namespace] = run.info.run_id
-            settings = {**(self.params.get("training_shared") or {}),
-                        **((self.params.get(namespace) or {}).get("training") or {})}
-            if namespace in self.params:
-                _log_params(flatten_params(settings if settings else self.params[namespace]))
-            mlflow.set_tag("namespace", namespace)
+            run = mlflow.start_run(run_name=name, nested=True, tags={**self.owner, "namespace": name})
+            self.nested[name] = run.info.run_id
+            if name in STAGES:
+                settings = {**(self.params.get("training_shared") or {}),
+                            **((self.params.get(name) or {}).get("training") or {})}
+                _log_params(flatten_params(settings))
+            elif isinstance(self.params.get(name), Mapping):
+                _log_params(flatten_params(self.params[name]))
         else:
             mlflow.start_run(run_id=run_id_, nested=True)
+        if name in STAGES and f"{name}.model" in node.outputs and name not in self.step_offsets:
+            self.step_offsets[name] = offset = self._stage_offset(name, catalog)
+            mlflow.set_tag("global_step_offset", str(offset))
 
     @hook_impl
     def after_node_run(self, node, catalog, inputs: dict[str, Any], outputs: dict[str, Any], is_async: bool,
@@ -222,15 +393,50 @@ class MLflowHooks:
             return
         import mlflow
 
-        namespace = node.namespace.split(".")[0]
-        manifest = outputs.get(f"{namespace}.model")
+        name = self.run_name(node)
+        run = mlflow.active_run()
+        manifest = outputs.get(f"{name}.model")
         if isinstance(manifest, Mapping) and manifest.get("final_dir") and self.settings.get("log_weights", True):
             mlflow.log_artifacts(manifest["final_dir"], artifact_path="weights")
-        for name, value in outputs.items():
-            if name.endswith("_metrics") and isinstance(value, Mapping):
-                mlflow.log_metrics({f"{name.split('.')[-1]}.{k}": float(v) for k, v in value.items()
-                                    if isinstance(v, int | float) and not isinstance(v, bool)})
+        if isinstance(manifest, Mapping) and manifest.get("run_dir") and name in self.step_offsets:
+            self._log_global_steps(run.info.run_id, Path(manifest["run_dir"]), self.step_offsets[name])
+        summaries = {key: value for key, value in outputs.items() if key.endswith("_metrics")
+                     and isinstance(value, Mapping)}
+        if summaries:
+            client = mlflow.MlflowClient()
+            logged = set(client.get_run(run.info.run_id).data.metrics)
+            numbers: dict[str, float] = {}
+            for summary in summaries.values():
+                numbers.update({k: float(v) for k, v in summary.items()
+                                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)})
+            # a number the node logged itself (val_loss, samples_per_s per step) is not logged again
+            fresh = {k: v for k, v in numbers.items() if k not in logged}
+            if fresh:
+                mlflow.log_metrics(fresh)
+            if numbers and self.parent_run_id is not None:
+                client.log_batch(self.parent_run_id,
+                                 metrics=[_metric(f"{name}.{k}", v, 0) for k, v in sorted(numbers.items())])
         mlflow.end_run()
+
+    def _log_global_steps(self, stage_run_id: str, run_dir: Path, offset: int) -> None:
+        """``global_step`` at every step of the stage run (its x-axis across stages) and the stage's loss
+        on the parent run at those global steps (the three stages' curves one after another)."""
+        import mlflow
+
+        from opensora_mlops.reporting import loss_curve
+
+        events = run_dir / EVENTS_FILE
+        if not events.is_file():
+            return
+        curve = loss_curve(events)
+        client = mlflow.MlflowClient()
+        steps = [int(s) for s in curve["step"]]
+        global_steps = [_metric("global_step", float(offset + s), s) for s in steps]
+        parent_loss = [_metric("loss", float(loss), offset + s) for s, loss in zip(steps, curve["loss"])]
+        for start in range(0, len(steps), 1000):  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(stage_run_id, metrics=global_steps[start : start + 1000])
+            if self.parent_run_id is not None:
+                client.log_batch(self.parent_run_id, metrics=parent_loss[start : start + 1000])
 
     @hook_impl
     def on_node_error(self, error: Exception, node, catalog, inputs: dict[str, Any], is_async: bool,
@@ -243,6 +449,14 @@ class MLflowHooks:
         if run is not None and run.info.run_id != self.parent_run_id:
             mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
             mlflow.end_run(status="FAILED")
+
+
+def _metric(key: str, value: float, step: int):
+    import time
+
+    from mlflow.entities import Metric
+
+    return Metric(key, value, int(time.time() * 1000), step)
 
 
 def _all_inputs(pipeline) -> set[str]:
