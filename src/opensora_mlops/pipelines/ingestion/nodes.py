@@ -57,8 +57,9 @@ def collect_candidates(params: dict[str, Any], curation: dict[str, Any] | None =
     """Generate the synthetic corpus or list the user folder.
 
     Returns ``(candidates, listing quarantine, synthetic ground truth (empty for a folder), counts)``.
-    A folder where no file has a caption stops here, before probing, unless ``curation.captions``
-    (the curation parameters) names the VLM or a fallback (``check_caption_strategy``).
+    Given the curation parameters (the pipeline always passes them), a folder where no file has a
+    caption stops here, before probing, unless ``curation.captions`` names the VLM or a fallback
+    (``check_caption_strategy``).
     """
     cfg = _params(params)
     if cfg.source == "synthetic":
@@ -69,7 +70,9 @@ def collect_candidates(params: dict[str, Any], curation: dict[str, Any] | None =
                  truth.drop_duplicates("path")["kind"].value_counts().to_dict())
         return candidates, quarantine_frame([]), truth, {}
     candidates, quarantine, counts = list_folder(cfg.folder)
-    uncaptioned = check_caption_strategy(candidates, (curation or {}).get("captions"), str(cfg.folder.get("root")))
+    # the curation settings say whether a VLM or a fallback will caption what the folder does not
+    uncaptioned = 0 if curation is None else check_caption_strategy(candidates, curation.get("captions"),
+                                                                      str(cfg.folder.get("root")))
     if uncaptioned:
         log.warning("folder %s: %d of %d files have no caption (curation.captions.missing_text decides: drop, "
                     "filename or empty)", cfg.folder.get("root"), uncaptioned, len(candidates))
