@@ -399,7 +399,9 @@ class MLflowHooks:
         if isinstance(manifest, Mapping) and manifest.get("final_dir") and self.settings.get("log_weights", True):
             mlflow.log_artifacts(manifest["final_dir"], artifact_path="weights")
         if isinstance(manifest, Mapping) and manifest.get("run_dir") and name in self.step_offsets:
-            self._log_global_steps(run.info.run_id, Path(manifest["run_dir"]), self.step_offsets[name])
+            run_dir = Path(manifest["run_dir"])
+            self._log_global_steps(run.info.run_id, run_dir if run_dir.is_absolute() else self.root / run_dir,
+                                   self.step_offsets[name])
         summaries = {key: value for key, value in outputs.items() if key.endswith("_metrics")
                      and isinstance(value, Mapping)}
         if summaries:
@@ -426,9 +428,11 @@ class MLflowHooks:
         from opensora_mlops.reporting import loss_curve
 
         events = run_dir / EVENTS_FILE
-        if not events.is_file():
+        try:
+            curve = loss_curve(events)
+        except (OSError, ValueError) as error:  # tracking must not fail the run it tracks
+            logger.warning("MLflow: no global steps for %s (%s)", run_dir, error)
             return
-        curve = loss_curve(events)
         client = mlflow.MlflowClient()
         steps = [int(s) for s in curve["step"]]
         global_steps = [_metric("global_step", float(offset + s), s) for s in steps]
