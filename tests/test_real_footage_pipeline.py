@@ -49,20 +49,20 @@ def _shots(*parts):
 def footage(tmp_path_factory):
     root = tmp_path_factory.mktemp("footage")
     china, flower, hopper = photo("china"), photo("flower"), photo("hopper")
-    size = (216, 384)
+    size = (160, 284)  # the clip size: nothing to resize, shots of 1-1.6 s
     write_clip(root / "lake" / "pagoda_then_dahlia.mp4",
-               _shots(camera_clip(china, 40, size, "pan"), camera_clip(flower, 40, size, "shake", seed=1)), 30.0)
-    write_clip(root / "garden.mov", _shots(camera_clip(grass(), 40, size, "pan"),
-                                            camera_clip(fence(china), 40, size, "pan")), 25.0)
-    odd = (201, 357)
-    write_clip(root / "odd_size.webm", _shots(camera_clip(china, 36, odd, "zoom"),
-                                               camera_clip(shallow_focus(china, (0.45, 0.4, 0.2)), 36, odd, "shake")),
+               _shots(camera_clip(china, 30, size, "pan"), camera_clip(flower, 30, size, "shake", seed=1)), 25.0)
+    write_clip(root / "garden.mov", _shots(camera_clip(grass(), 30, size, "pan"),
+                                            camera_clip(fence(china), 30, size, "pan")), 25.0)
+    odd = (161, 287)
+    write_clip(root / "odd_size.webm", _shots(camera_clip(china, 30, odd, "zoom"),
+                                               camera_clip(shallow_focus(china, (0.45, 0.4, 0.2)), 30, odd, "shake")),
                24.0, codec="libvpx-vp9", crf=30)
-    # 60 frames shown for 16.7 ms (1 s), then 40 for 50 ms (2 s)
-    sign = _shots(camera_clip(street_sign(china), 60, size, "pan", amount=0.04), camera_clip(flower, 40, size, "shake"))
-    write_timed(root / "screen_capture.mkv", sign, variable_times([(60, 16.7), (40, 50.0)]))
-    write_clip(root / "crushed.mp4", camera_clip(flower, 40, (160, 284), "shake"), 25.0, crf=51)
-    write_clip(root / "portrait.mp4", camera_clip(hopper, 40, (384, 216), "pan"), 25.0)
+    # 60 frames shown for 16.7 ms (1 s), then 30 for 50 ms (1.5 s)
+    sign = _shots(camera_clip(street_sign(china), 60, size, "pan", amount=0.04), camera_clip(flower, 30, size, "shake"))
+    write_timed(root / "screen_capture.mkv", sign, variable_times([(60, 16.7), (30, 50.0)]))
+    write_clip(root / "crushed.mp4", camera_clip(flower, 30, size, "shake"), 25.0, crf=51)
+    write_clip(root / "portrait.mp4", camera_clip(hopper, 30, (284, 160), "pan"), 25.0)
     Image.fromarray(camera_clip(flower, 1, (300, 400), "static")[0]).save(root / "dahlia.jpg")
     Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(root / "fake.png")
     (root / "fake.mp4").write_bytes((root / "fake.png").read_bytes())
@@ -121,7 +121,7 @@ def test_folder_of_real_footage_end_to_end(project, footage):
     quarantine = pd.read_parquet(project / "data/01_raw/raw_quarantine.parquet")
     names = {Path(p).name: row for p, row in zip(raw["path"], raw.to_dict("records"), strict=True)}
     assert set(names) == {Path(p).name for p in CAPTIONS} - {"fake.mp4"}
-    assert (names["odd_size.webm"]["height"], names["odd_size.webm"]["width"]) == (201, 357)
+    assert (names["odd_size.webm"]["height"], names["odd_size.webm"]["width"]) == (161, 287)
     assert names["screen_capture.mkv"]["vfr"] and not names["garden.mov"]["vfr"]
     reasons = dict(zip(quarantine["path"].map(lambda p: Path(p).name), quarantine["reason"], strict=True))
     assert reasons == {"fake.mp4": "image file with a video suffix", "notes.txt": "unsupported file type"}
