@@ -9,8 +9,8 @@ Cache keys (:mod:`opensora_mlops.curation.partitions`) are content-addressed and
 * scenes: the source's SHA-256, scene parameters, the source limits of ``curation.clips``, the probed
   fps / frame-rate mode / size, and the scene code;
 * clips: the scene key, ``curation.clips`` and the cutting code;
-* captions (VLM): the clip key, the prompt/frames/token settings, the model directory's content and
-  the caption code; captions from the table are not cached: they are read afresh every run, so an
+* captions (VLM): the clip key, the clips' own bytes, the prompt/frames/token settings, the model
+  directory's content and the caption code; captions from the table are not cached: they are read afresh every run, so an
   edited captions CSV reaches ``clip_metadata`` on the next ingestion + curation;
 * scores: the clip key, the clips' own bytes, ``curation.scoring``, the scorer weights' content, the
   scorer code, and the captions when the text-video match is computed.
@@ -490,7 +490,8 @@ def run_captions(clips: pd.DataFrame, config: CurationConfig, captioner=None) ->
         model = files_fingerprint(config.captions.vlm_path)
         tasks = []
         for name, group in clips.groupby("partition", sort=False):
-            key = partition_key(str(name), settings, model, _code("captions"))
+            clip_bytes = [file_fingerprint(p) for p in group["path"]]
+            key = partition_key(str(name), clip_bytes, settings, model, _code("captions"))
             rows = group[["path", "num_frames", "clip_id"]].to_dict(orient="records")
             tasks.append(PartitionTask(f"{str(name)[:60]}-{key}", {"clips": [_jsonable(r) for r in rows],
                                                                     "captions": asdict(config.captions)}))
