@@ -206,3 +206,40 @@ def test_bad_window_settings_are_config_errors(clips, tmp_path):
         build_stage_caches(stage, tmp_path, PoolingVAE(), HashText(), windows="random")
     with pytest.raises(ConfigError, match="max_latent_frames 2 is below the longest bucket"):
         build_stage_caches(stage, tmp_path, PoolingVAE(), HashText(), max_latent_frames=2)
+
+
+def test_stages_share_encoded_clips_through_the_store(clips, tmp_path):
+    stage, _ = clips
+    identity = {"vae": "pooling", "text": "hash"}
+    first = build_stage_caches(stage, tmp_path / "stage1_latents", PoolingVAE(), HashText(),
+                               frame_interval=INTERVAL, reuse_key=identity)  # fmt: skip
+    assert first["num_train_reused"] == 0
+    store = tmp_path / "latent_clips"
+    assert len(list(store.glob("*.safetensors"))) == len(stage)
+    # another stage: 2-frame windows of the same clips at the same size -> nothing encoded again
+    config2 = BucketConfig({"144p": {1: [1.0, 2], 2: [1.0, 2]}})
+    stage2 = assign_buckets(stage[["path", "text", "num_frames", "height", "width", "fps"]], config2,
+                            frame_interval=INTERVAL, seed=0)
+    encoded: list[int] = []
+
+    class CountingVAE(PoolingVAE):
+        def encode(self, video):
+            encoded.append(video.shape[2])
+            return super().encode(video)
+
+    second = build_stage_caches(stage2, tmp_path / "stage2_latents", CountingVAE(), HashText(),
+                                frame_interval=INTERVAL, reuse_key=identity)  # fmt: skip
+    assert second["num_train_reused"] == len(stage2) and encoded == []
+    fresh = build_stage_caches(stage2, tmp_path / "fresh", PoolingVAE(), HashText(), frame_interval=INTERVAL)
+    shared, alone = LatentCache(second["train_dir"]), LatentCache(fresh["train_dir"])
+    assert shared.num_windows.tolist() == alone.num_windows.tolist()
+    for row in range(len(shared)):
+        torch.testing.assert_close(shared.latent(row, 1 if shared.num_windows[row] > 1 else 0),
+                                   alone.latent(row, 1 if alone.num_windows[row] > 1 else 0))
+    torch.testing.assert_close(torch.tensor(shared.index["fps"].to_numpy()), torch.tensor(alone.index["fps"].to_numpy()))
+    # other encoders (a refitted VAE): encoded again; no store: nothing reused
+    other = build_stage_caches(stage2, tmp_path / "other", CountingVAE(), HashText(), frame_interval=INTERVAL,
+                               reuse_key={**identity, "vae": "retrained"})  # fmt: skip
+    assert other["num_train_reused"] == 0 and len(encoded) == len(stage2)
+    assert build_stage_caches(stage2, tmp_path / "off", PoolingVAE(), HashText(), frame_interval=INTERVAL,
+                              reuse_key=identity, clip_store=False)["num_train_reused"] == 0

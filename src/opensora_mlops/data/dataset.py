@@ -268,6 +268,10 @@ class VideoBucketDataset(torch.utils.data.Dataset):
             self._rng = np.random.default_rng(_seed_for(self.seed, self.epoch, self.rank, -1))
         return self._rng
 
+    def path_of(self, row: int) -> Path:
+        """The file of table row ``row`` (relative paths resolved against ``root``)."""
+        return self._path(row)
+
     def _path(self, row: int) -> Path:
         path = Path(self._paths[row])
         return self.root / path if self.root is not None and not path.is_absolute() else path

@@ -167,6 +167,88 @@ class LatentCache:
         }
 
 
+def _encode_clip(key: SampleKey, loaded: Any, encode_video: Callable[[torch.Tensor], torch.Tensor],
+                 text: str) -> dict[str, Any]:
+    """What :func:`write_latent_cache` keeps of one row: latent [C, L, h, w], ``tiles`` (whether the
+    windows are its back-to-back T-frame tiles), source ``frames``, ``fps`` and ``text`` (None: unknown)."""
+    t = key.num_frames
+    tiles = isinstance(loaded, list | tuple)
+    samples = list(loaded) if tiles else [loaded]
+    if not samples:
+        raise ValueError(f"load_video returned no video for row {key.row}")
+    fps, videos, frame_indices, source_row = None, [], [], key.row
+    for sample in samples:
+        if isinstance(sample, Mapping):
+            fps = float(sample["fps"])
+            source_row = int(sample.get("row", source_row))
+            text = str(sample.get("text", text))
+            if "frame_indices" in sample:
+                frame_indices.append(torch.as_tensor(sample["frame_indices"], dtype=torch.long))
+            sample = sample["video"]
+        videos.append(sample)
+    lengths = {int(v.shape[1]) for v in videos}
+    if (tiles and lengths != {t}) or min(lengths) < t:
+        raise ValueError(f"row {key.row}: load_video gave {sorted(lengths)} frame(s) for a {t}-frame bucket "
+                         f"({'every tile must have exactly' if tiles else 'a clip needs at least'} {t})")
+    with torch.no_grad():
+        encoded = encode_video(torch.stack(videos) if tiles else videos[0][None])
+    if encoded.shape[2] != (t if tiles else videos[0].shape[1]):
+        raise ValueError(f"the VAE turned {videos[0].shape[1]} frames into {encoded.shape[2]} latent "
+                         "frames: cache windows='tile' for a VAE that does not encode frame by frame")
+    latent = encoded.permute(1, 0, 2, 3, 4).flatten(1, 2) if tiles else encoded[0]
+    return {"latent": latent.detach().float().contiguous().cpu(), "tiles": tiles,
+            "frames": torch.cat(frame_indices).contiguous() if len(frame_indices) == len(videos) else None,
+            "fps": fps, "text": text, "row": source_row}
+
+
+class ClipLatentStore:
+    """Encoded clips by content address, shared by the stages: the embedded stages train on the same
+    clips at the same bucket sizes and frame interval, and a whole strided clip does not depend on the
+    stage's frame count, so stage 2 and 3 reuse what stage 1 encoded. One safetensors file per clip
+    (``<address>.safetensors``: latent, frames; fps, text and tiling in its metadata), written atomically.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, address: str) -> Path:
+        return self.directory / f"{address}.safetensors"
+
+    def get(self, address: str) -> dict[str, Any] | None:
+        path = self._path(address)
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            info = handle.metadata() or {}
+            clip: dict[str, Any] = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        clip.setdefault("frames", None)
+        clip["tiles"] = info.get("tiles") == "1"
+        clip["fps"] = float(info["fps"]) if info.get("fps") else None
+        clip["text"] = info.get("text") or None
+        return clip
+
+    def put(self, address: str, clip: Mapping[str, Any]) -> None:
+        tensors = {"latent": clip["latent"]}
+        if clip.get("frames") is not None:
+            tensors["frames"] = clip["frames"]
+        info = {"tiles": "1" if clip["tiles"] else "0", "fps": "" if clip.get("fps") is None else repr(clip["fps"]),
+                "text": clip.get("text") or ""}
+        tmp = self._path(address).with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata=info)
+        tmp.replace(self._path(address))
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_latent_cache(
     directory: str | Path,
     table: pd.DataFrame,
@@ -175,6 +257,8 @@ def write_latent_cache(
     encode_text: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
     meta: Mapping[str, Any],
     batch_size: int = 4,
+    store: ClipLatentStore | None = None,
+    store_key: Callable[[SampleKey], str | None] | None = None,
 ) -> Path:
     """Encode every row of ``table`` (kept bucket rows) and write the cache atomically.
 
@@ -184,7 +268,8 @@ def write_latent_cache(
     ``frame_indices``), or a list of T-frame ones: tiles, each encoded on its own and each one window.
     ``encode_video`` maps [B, 3, T, H, W] to latents with the same number of frames; ``encode_text``
     maps captions to (emb, mask), ``batch_size`` at a time. A sample's own ``text`` is encoded (a
-    replacement for a broken file brings its own).
+    replacement for a broken file brings its own). With a ``store``, a row whose ``store_key`` (None:
+    not storable) is already there is not loaded or encoded again, and new ones are added.
     """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
@@ -195,6 +280,7 @@ def write_latent_cache(
     num_windows = np.zeros(len(table), dtype=np.int64)
     num_latent_frames = np.zeros(len(table), dtype=np.int64)
     groups = table.groupby("bucket_id", sort=True).indices
+    reused = 0
     with tqdm(total=len(table), desc=f"caching latents -> {directory.name}", unit="clip") as bar:
         for _, rows in groups.items():
             for start in range(0, len(rows), batch_size):
@@ -204,38 +290,25 @@ def write_latent_cache(
                     row = table.iloc[r]
                     t = int(row["bucket_num_frames"])
                     key = SampleKey(r, t, int(row["bucket_height"]), int(row["bucket_width"]), str(row["bucket_id"]))
-                    loaded = load_video(key)
-                    tiles = isinstance(loaded, list | tuple)
-                    samples = list(loaded) if tiles else [loaded]
-                    if not samples:
-                        raise ValueError(f"load_video returned no video for row {r} ({row.get('path')})")
-                    text, videos, frame_indices = str(row["text"]), [], []
-                    for sample in samples:
-                        if isinstance(sample, Mapping):
-                            fps[r] = float(sample["fps"])  # the micro-condition the dataset decided on
-                            text = str(sample.get("text", text))
-                            if "frame_indices" in sample:
-                                frame_indices.append(torch.as_tensor(sample["frame_indices"], dtype=torch.long))
-                            sample = sample["video"]
-                        videos.append(sample)
-                    lengths = {int(v.shape[1]) for v in videos}
-                    if (tiles and lengths != {t}) or min(lengths) < t:
-                        raise ValueError(f"row {r}: load_video gave {sorted(lengths)} frame(s) for a {t}-frame bucket "
-                                         f"({'every tile must have exactly' if tiles else 'a clip needs at least'} {t})")
-                    with torch.no_grad():
-                        encoded = encode_video(torch.stack(videos) if tiles else videos[0][None])
-                    if encoded.shape[2] != (t if tiles else videos[0].shape[1]):
-                        raise ValueError(f"the VAE turned {videos[0].shape[1]} frames into {encoded.shape[2]} latent "
-                                         "frames: cache windows='tile' for a VAE that does not encode frame by frame")
-                    latent = encoded.permute(1, 0, 2, 3, 4).flatten(1, 2) if tiles else encoded[0]
-                    tensors[f"latent.{r}"] = latent.detach().float().contiguous().cpu()
+                    address = store_key(key) if store is not None and store_key is not None else None
+                    clip = store.get(address) if address is not None else None
+                    if clip is None:
+                        clip = _encode_clip(key, load_video(key), encode_video, str(row["text"]))
+                        if address is not None and clip["row"] == r:  # not a broken file's stand-in
+                            store.put(address, clip)
+                    else:
+                        reused += 1
+                    latent = clip["latent"]
+                    tensors[f"latent.{r}"] = latent
                     length = latent.shape[1]
-                    starts = np.arange(0, length, t) if tiles else np.arange(0, length - t + 1)
+                    starts = np.arange(0, length, t) if clip["tiles"] else np.arange(0, length - t + 1)
                     tensors[f"starts.{r}"] = torch.from_numpy(starts.astype(np.int64))
-                    if len(frame_indices) == len(videos):
-                        tensors[f"frames.{r}"] = torch.cat(frame_indices).contiguous()
+                    if clip.get("frames") is not None:
+                        tensors[f"frames.{r}"] = clip["frames"]
+                    if clip.get("fps") is not None:
+                        fps[r] = float(clip["fps"])  # the micro-condition the dataset decided on
                     num_windows[r], num_latent_frames[r] = len(starts), length
-                    texts.append(text)
+                    texts.append(clip.get("text") or str(row["text"]))
                 with torch.no_grad():
                     emb, mask = encode_text(texts)
                 for j, r in enumerate(chunk):
@@ -255,7 +328,9 @@ def write_latent_cache(
             index[col] = index[col].astype(str)
     index.to_parquet(tmp / INDEX_FILE, index=False)
     meta = {**dict(meta), "format": CACHE_FORMAT, "num_windows": int(num_windows.sum()),
-            "num_latent_frames": int(num_latent_frames.sum())}
+            "num_latent_frames": int(num_latent_frames.sum()), "reused_from_store": reused}
+    if store is not None:
+        logger.info("%s: %d of %d clip(s) reused from %s", directory, reused, len(table), store.directory)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     if directory.exists():
         import shutil
@@ -308,9 +383,14 @@ def build_stage_caches(
     reuse_key: Mapping[str, Any] | None = None,
     windows: str = "slice",
     max_latent_frames: int | None = DEFAULT_MAX_LATENT_FRAMES,
+    clip_store: str | Path | bool = True,
 ) -> dict[str, Any]:
     """Encode a stage's kept clips into ``<out_dir>/train`` and, with a hold-out, ``<out_dir>/val``,
     each clip whole (``windows``, ``max_latent_frames``: module docstring).
+
+    ``clip_store``: a :class:`ClipLatentStore` folder (True: ``<out_dir>/../latent_clips``, shared by
+    the stages; False: none). It needs ``reuse_key`` (the encoders' identity is part of a clip's
+    address, with the file's SHA-256, the bucket size, the frame interval and the window settings).
 
     Returns a manifest dict (directories, counts, a content hash of the input table) that the
     pipeline stores as its catalog output. With ``reuse_key`` (what identifies the encoders, e.g. their
@@ -326,6 +406,9 @@ def build_stage_caches(
         raise ConfigError(f"max_latent_frames {max_latent_frames} is below the longest bucket "
                           f"({int(kept['bucket_num_frames'].max())} frames)")
     out_dir = Path(out_dir)
+    store = None
+    if clip_store and reuse_key is not None:
+        store = ClipLatentStore(out_dir.parent / "latent_clips" if clip_store is True else clip_store)
     held = holdout_mask(kept["path"], holdout_fraction, seed)
     content_hash = hashlib.sha256(
         pd.util.hash_pandas_object(kept[["path", "text", "bucket_id"]].astype(str), index=False).values.tobytes()
@@ -354,6 +437,18 @@ def build_stage_caches(
             continue
         rows = rows.reset_index(drop=True)
         dataset = VideoBucketDataset(rows, frame_interval=frame_interval, root=video_root, seed=seed)
+
+        def address(key: SampleKey, ds=dataset) -> str | None:
+            path = ds.path_of(key.row)
+            if not path.is_file():
+                return None
+            identity = {"file": _file_digest(path), "size": [key.height, key.width], "interval": frame_interval,
+                        "windows": windows, "max_latent_frames": max_latent_frames, "format": CACHE_FORMAT,
+                        "encoders": dict(reuse_key or {}),
+                        # tiles are the bucket's length; a strided clip serves any length
+                        "frames": key.num_frames if windows == "tile" else None}
+            return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
         if windows == "slice":
             def load(key, ds=dataset):
                 return ds.strided(key, max_latent_frames)
@@ -364,10 +459,13 @@ def build_stage_caches(
             out_dir / split, rows, load, vae.encode, text_encoder.encode,
             {**dict(meta or {}), **manifest, "split": split, "num_samples": len(rows), "windows": windows,
              "max_latent_frames": max_latent_frames}, batch_size=batch_size,
+            store=store, store_key=address,
         )  # fmt: skip
         manifest[f"{split}_dir"] = str(out_dir / split)
         manifest[f"num_{split}"] = len(rows)
-        manifest[f"num_{split}_windows"] = json.loads((written / META_FILE).read_text())["num_windows"]
+        written_meta = json.loads((written / META_FILE).read_text())
+        manifest[f"num_{split}_windows"] = written_meta["num_windows"]
+        manifest[f"num_{split}_reused"] = written_meta["reused_from_store"]
     if cache_key is not None:
         manifest["cache_key"] = cache_key
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
