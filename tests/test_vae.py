@@ -249,3 +249,184 @@ def test_per_channel_latent_stats_round_trip_and_validation(tmp_path: Path) -> N
     (tmp_path / "vae" / "latent_stats.json").write_text('{"mean": [0, 0, 0, 0]}')
     with pytest.raises(ValueError, match="latent_stats.json"):
         VideoAutoencoder.from_pretrained(tmp_path / "vae")
+
+
+def square_on_background(size: int = 32, side: int = 10) -> torch.Tensor:
+    """[1, 3, size, size]: a yellow square on a navy background (the corpus's colours, in [-1, 1])."""
+    frame = torch.tensor([18, 24, 92], dtype=torch.float32).view(3, 1, 1).expand(3, size, size).clone()
+    top = (size - side) // 2
+    frame[:, top : top + side, top : top + side] = torch.tensor([240.0, 220.0, 30.0]).view(3, 1, 1)
+    return (frame / 127.5 - 1.0)[None]
+
+
+def test_subject_weight_map_is_larger_on_the_subject() -> None:
+    from opensora_mlops.models.vae import subject_weight_map
+
+    frame = square_on_background()
+    weights = subject_weight_map(frame, 4.0, margin=0)
+    assert weights.shape == (1, 1, 32, 32)
+    assert torch.all(weights[0, 0, 11:21, 11:21] == 5.0)  # the square
+    assert weights[0, 0, :11].eq(1.0).all() and weights[0, 0, 21:].eq(1.0).all()  # background rows
+    assert weights.eq(5.0).sum() == 100
+    # the margin grows the weighted region by that many pixels on every side (the outline's band)
+    grown = subject_weight_map(frame, 4.0, margin=2)
+    assert grown.eq(5.0).sum() == 14 * 14 and torch.all(grown[0, 0, 9:23, 9:23] == 5.0)
+    # a flat frame has no subject; weight 0 gives the plain (unweighted) loss
+    assert subject_weight_map(torch.full((2, 3, 8, 8), 0.3), 4.0).eq(1.0).all()
+    assert subject_weight_map(frame, 0.0).eq(1.0).all()
+    # a faint grid line (22 levels brighter than the background, as the corpus draws it) is not subject
+    gridded = frame.clone()
+    gridded[:, :, 3, :] += 22 / 127.5
+    assert subject_weight_map(gridded, 4.0, margin=0)[0, 0, 3].eq(1.0).all()
+    with pytest.raises(ValueError, match="subject_weight"):
+        subject_weight_map(frame, -1.0)
+    with pytest.raises(ValueError, match="subject_weight"):
+        subject_weight_map(frame, float("nan"))
+
+
+def test_reconstruction_loss_weights_subject_errors_and_edges() -> None:
+    from opensora_mlops.models.vae import reconstruction_loss, subject_weight_map
+
+    target = square_on_background()
+    weights = subject_weight_map(target, 4.0, margin=0)
+    # unweighted it is L1 + mse_weight * MSE
+    recon = target + 0.1 * torch.randn(target.shape, generator=torch.Generator().manual_seed(0))
+    error = recon - target
+    torch.testing.assert_close(reconstruction_loss(recon, target, mse_weight=0.5),
+                               error.abs().mean() + 0.5 * error.pow(2).mean())
+    # the same error costs more on the subject than on the background once weighted
+    on_subject, on_background = target.clone(), target.clone()
+    on_subject[:, :, 12:16, 12:16] += 0.5
+    on_background[:, :, 1:5, 1:5] += 0.5
+    assert reconstruction_loss(on_subject, target) == pytest.approx(reconstruction_loss(on_background, target).item())
+    assert reconstruction_loss(on_subject, target, weights) > 2 * reconstruction_loss(on_background, target, weights)
+    # the gradient term: nothing for a colour offset of the whole frame, a lot for a blurred outline
+    offset = target + 0.2
+    assert reconstruction_loss(offset, target, edge_weight=1.0) == pytest.approx(
+        reconstruction_loss(offset, target).item(), abs=1e-6)
+    blurred = torch.nn.functional.avg_pool2d(target, 5, stride=1, padding=2, count_include_pad=False)
+    plain = reconstruction_loss(blurred, target)
+    assert reconstruction_loss(blurred, target, edge_weight=1.0) > 1.5 * plain
+    assert reconstruction_loss(target, target, weights, edge_weight=1.0) == 0.0
+
+
+def test_random_crops_cut_aligned_maps_at_the_same_windows() -> None:
+    from opensora_mlops.models.vae import _random_crops
+
+    frames = torch.rand(6, 3, 20, 30, generator=torch.Generator().manual_seed(1))
+    position = torch.arange(20 * 30, dtype=torch.float32).reshape(1, 1, 20, 30).expand(6, 1, 20, 30)
+    crops, maps = _random_crops(frames, 8, torch.Generator().manual_seed(0), 0.5, position)
+    assert crops.shape == (6, 3, 8, 8) and maps.shape == (6, 1, 8, 8)
+    for frame, crop, where in zip(frames, crops, maps):
+        top, left = divmod(int(where[0, 0, 0]), 30)
+        assert torch.equal(crop, frame[:, top : top + 8, left : left + 8])
+    # the same generator state draws the same windows with or without an aligned map
+    alone = _random_crops(frames, 8, torch.Generator().manual_seed(0), 0.5)
+    assert torch.equal(alone, crops)
+
+
+def test_lr_schedule_warms_up_then_anneals() -> None:
+    from opensora_mlops.models.vae import _lr_factor
+
+    factor = _lr_factor(100, 10, cosine_decay=True)
+    ramp = [factor(s) for s in range(10)]
+    assert ramp == sorted(ramp) and ramp[0] == pytest.approx(0.1) and ramp[-1] == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0)
+    decay = [factor(s) for s in range(10, 100)]
+    assert decay == sorted(decay, reverse=True) and decay[-1] < 0.01
+    constant = _lr_factor(50, 0, cosine_decay=False)
+    assert {constant(s) for s in range(50)} == {1.0}
+
+
+def test_fit_autoencoder_with_subject_and_edge_terms() -> None:
+    clip = moving_shapes_clip()
+    vae = VideoAutoencoder.tiny(seed=0)
+
+    def subject_error() -> float:
+        recon = vae.decode(vae.encode(clip), size=clip.shape[-2:])
+        return (recon - clip)[:, :, :, 4:20, 2:26].abs().mean().item()
+
+    before = subject_error()
+    history = fit_autoencoder(vae, clip, steps=40, lr=2e-3, batch_size=4, progress=False, subject_weight=4.0,
+                              edge_weight=1.0, warmup_steps=5, crop=24, crop_content_bias=0.7)
+    assert len(history) == 40 and all(torch.isfinite(torch.tensor(history)))
+    assert subject_error() < before / 2
+    assert vae.module.encoder.layers[0].weight.is_contiguous()  # left in the default memory format
+    for bad, match in (({"subject_weight": -0.5}, "subject_weight"), ({"edge_weight": float("inf")}, "edge_weight"),
+                       ({"warmup_steps": 3}, "warmup_steps"), ({"warmup_steps": -1}, "warmup_steps")):
+        with pytest.raises(ValueError, match=match):
+            fit_autoencoder(vae, clip, steps=3, progress=False, **bad)
+
+
+def test_fit_autoencoder_in_bfloat16_keeps_float32_weights() -> None:
+    clip = moving_shapes_clip()
+    vae = VideoAutoencoder.tiny(seed=0)
+
+    def reconstruction_error() -> float:
+        return (vae.decode(vae.encode(clip), size=clip.shape[-2:]) - clip).abs().mean().item()
+
+    before = reconstruction_error()
+    history = fit_autoencoder(vae, clip, steps=30, lr=2e-3, batch_size=4, progress=False, bf16=True)
+    assert all(torch.isfinite(torch.tensor(history)))
+    assert reconstruction_error() < before / 2
+    assert all(p.dtype == torch.float32 for p in vae.module.parameters())
+    assert vae.encode(clip).dtype == torch.float32
+
+
+def test_vocabulary_frames_show_every_colour_on_every_background() -> None:
+    from opensora_mlops.curation.synthetic import BACKGROUNDS, COLOURS, SHAPES
+    from opensora_mlops.models.vae import vocabulary_frames
+
+    frames = vocabulary_frames(len(COLOURS) * len(SHAPES) * len(BACKGROUNDS), 72, 128, seed=3)
+    assert frames.shape == (84, 3, 72, 128) and frames.min() >= -1 and frames.max() <= 1
+    pixels = ((frames + 1) * 127.5).round().to(torch.int64).permute(0, 2, 3, 1)  # [N, H, W, 3]
+    pairs = []
+    for frame in pixels:
+        flat = frame.reshape(-1, 3)
+        background = flat.median(dim=0).values
+        names = [n for n, rgb in BACKGROUNDS.items() if torch.equal(background, torch.tensor(rgb))]
+        # the subject: the most common exact shape colour among the frame's pixels (edges are antialiased)
+        counts = {n: int((flat == torch.tensor(rgb)).all(1).sum()) for n, rgb in COLOURS.items()}
+        colour = max(counts, key=counts.get)
+        assert len(names) == 1 and counts[colour] > 0
+        pairs.append((colour, names[0]))
+    # each colour on each background once per shape
+    assert sorted(set(pairs)) == sorted((c, b) for c in COLOURS for b in BACKGROUNDS)
+    assert all(pairs.count(p) == len(SHAPES) for p in set(pairs))
+    assert torch.equal(vocabulary_frames(5, 72, 128, seed=3), frames[:5])
+    assert not torch.equal(vocabulary_frames(5, 72, 128, seed=4), frames[:5])
+    assert vocabulary_frames(0, 72, 128).shape == (0, 3, 72, 128)
+    with pytest.raises(ValueError, match="size_range"):
+        vocabulary_frames(4, 72, 128, size_range=(0.4, 0.2))
+    with pytest.raises(ValueError, match="count"):
+        vocabulary_frames(-1, 72, 128)
+
+
+def test_autoencoder_node_options_round_trip_and_fit_on_renders(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from opensora_mlops.pipelines.autoencoder.nodes import fit_options, fit_vae, training_frames
+
+    params = {"steps": 3, "lr": 5e-4, "batch_size": 2, "crop": 32, "crop_content_bias": 0.5, "cosine_decay": True,
+              "warmup_steps": 1, "subject_weight": 3.0, "edge_weight": 0.0, "bf16": False, "seed": 2,
+              "vocabulary_frames": 6, "height": 48, "width": 64, "out_dir": str(tmp_path / "vae")}
+    options = fit_options(params)
+    assert options == {"steps": 3, "lr": 5e-4, "batch_size": 2, "kl_weight": 1e-6, "seed": 2, "crop": 32,
+                       "crop_content_bias": 0.5, "cosine_decay": True, "warmup_steps": 1, "subject_weight": 3.0,
+                       "edge_weight": 0.0, "bf16": False}
+    assert training_frames(None, params).shape == (6, 3, 48, 64)
+    with pytest.raises(ConfigError, match="subject_wieght"):
+        fit_options({**params, "subject_wieght": 1.0})
+    with pytest.raises(ConfigError, match="bf16"):
+        fit_options({**params, "bf16": "yes"})
+    assert fit_options({**params, "bf16": "auto"})["bf16"] in (True, False)
+    with pytest.raises(ConfigError, match="vocabulary_frames"):
+        training_frames(None, {**params, "vocabulary_frames": 0})
+    with pytest.raises(ConfigError, match="vocabulary_frames"):
+        training_frames(None, {**params, "vocabulary_frames": -2})
+    # the node fits on the renders alone when no curated clip is there and saves a loadable VAE
+    manifest, metrics = fit_vae(pd.DataFrame({"path": [], "text": []}), params)
+    assert manifest == {"type": "pretrained", "from_pretrained": str(tmp_path / "vae")}
+    assert metrics["num_frames"] == 6.0 and metrics["fitted"] == 1.0
+    loaded = VideoAutoencoder.from_pretrained(tmp_path / "vae")
+    assert loaded.latent_mean is not None

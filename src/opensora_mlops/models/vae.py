@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["VideoAutoencoder", "fit_autoencoder", "TINY_AUTOENCODER_CONFIGS", "LATENT_STATS_FILE"]
+__all__ = ["VideoAutoencoder", "fit_autoencoder", "reconstruction_loss", "subject_weight_map", "vocabulary_frames",
+           "bf16_is_fast", "TINY_AUTOENCODER_CONFIGS", "LATENT_STATS_FILE", "SUBJECT_THRESHOLD"]
 
 #: Per-channel latent mean/std written beside config.json by save_pretrained when calibrated.
 LATENT_STATS_FILE = "latent_stats.json"
@@ -412,30 +413,141 @@ def _batches(data: torch.Tensor | Iterable[torch.Tensor], batch_size: int,
             return
 
 
-def _random_crops(frames: torch.Tensor, size: int, generator: torch.Generator,
-                  content_bias: float = 0.0) -> torch.Tensor:
-    """One random ``size``×``size`` window per frame (the whole frame where it is smaller).
+#: RGB distance (in [-1, 1] units: 60 of 255 levels, the prompt-adherence detector's threshold) beyond
+#: which a pixel counts as subject rather than background in :func:`subject_weight_map`.
+SUBJECT_THRESHOLD = 60.0 / 127.5
 
-    With probability ``content_bias`` a window is centred (as far as the frame allows) on a pixel drawn
-    in proportion to its distance from the frame's median colour, i.e. on content rather than on flat
-    background; otherwise its position is uniform.
+
+def _distance_from_background(frames: torch.Tensor) -> torch.Tensor:
+    """``[N, H, W]``: each pixel's RGB distance from its frame's median colour (the flat background)."""
+    frames = frames.float()
+    background = frames.flatten(2).median(dim=2).values[..., None, None]
+    return (frames - background).pow(2).sum(1).sqrt()
+
+
+def subject_weight_map(frames: torch.Tensor, subject_weight: float, margin: int = 2) -> torch.Tensor:
+    """Per-pixel loss weights ``[N, 1, H, W]`` for frames ``[N, 3, H, W]``: 1 on background,
+    ``1 + subject_weight`` on the subject.
+
+    The subject is what the prompt-adherence detector segments: pixels farther than
+    :data:`SUBJECT_THRESHOLD` from the frame's median colour, grown by ``margin`` pixels so the band
+    just outside the outline (where corners are won or lost) is weighted as well.  A flat frame is all
+    background (weights 1).
     """
+    if not (math.isfinite(subject_weight) and subject_weight >= 0):
+        raise ValueError(f"subject_weight must be a finite number >= 0, got {subject_weight}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    mask = (_distance_from_background(frames) > SUBJECT_THRESHOLD).float()[:, None]
+    if margin:
+        mask = F.max_pool2d(mask, 2 * margin + 1, stride=1, padding=margin)
+    return 1.0 + subject_weight * mask
+
+
+def _window_origins(frames: torch.Tensor, ch: int, cw: int, generator: torch.Generator,
+                    content_bias: float) -> tuple[list[int], list[int]]:
     n, _, h, w = frames.shape
-    ch, cw = min(size, h), min(size, w)
     tops = torch.randint(h - ch + 1, (n,), generator=generator)
     lefts = torch.randint(w - cw + 1, (n,), generator=generator)
     if content_bias > 0 and (ch < h or cw < w):
         biased = torch.rand(n, generator=generator) < content_bias
         if biased.any():
-            chosen = frames[biased].float()
-            background = chosen.flatten(2).median(dim=2).values[..., None, None]
-            weight = (chosen - background).abs().sum(1).flatten(1) + 1e-6  # flat frames: uniform
+            weight = _distance_from_background(frames[biased]).flatten(1) + 1e-6  # flat frames: uniform
             centre = torch.multinomial(weight, 1, generator=generator)[:, 0]
             cy, cx = centre // w, centre % w
             tops[biased] = (cy - ch // 2).clamp(0, h - ch)
             lefts[biased] = (cx - cw // 2).clamp(0, w - cw)
-    return torch.stack([f[:, top : top + ch, left : left + cw]
-                        for f, top, left in zip(frames, tops.tolist(), lefts.tolist())])
+    return tops.tolist(), lefts.tolist()
+
+
+def _random_crops(frames: torch.Tensor, size: int, generator: torch.Generator,
+                  content_bias: float = 0.0, *aligned: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """One random ``size``×``size`` window per frame (the whole frame where it is smaller).
+
+    With probability ``content_bias`` a window is centred (as far as the frame allows) on a pixel drawn
+    in proportion to its distance from the frame's median colour, i.e. on content rather than on flat
+    background; otherwise its position is uniform.  Tensors in ``aligned`` (``[N, *, H, W]``, e.g. loss
+    weight maps) are cut at the same windows; then a tuple (frames' windows first) is returned.
+    """
+    n, _, h, w = frames.shape
+    ch, cw = min(size, h), min(size, w)
+    tops, lefts = _window_origins(frames, ch, cw, generator, content_bias)
+
+    def cut(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, top : top + ch, left : left + cw] for x, top, left in zip(tensor, tops, lefts)])
+
+    if not aligned:
+        return cut(frames)
+    return (cut(frames), *(cut(t) for t in aligned))
+
+
+def _image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontal and vertical finite differences of ``[N, C, H, W]`` images."""
+    return images[..., :, 1:] - images[..., :, :-1], images[..., 1:, :] - images[..., :-1, :]
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
+                        mse_weight: float = 1.0, edge_weight: float = 0.0) -> torch.Tensor:
+    """``L1 + mse_weight·MSE (+ edge_weight·L1 of the image gradients)`` between ``[N, 3, H, W]`` images.
+
+    With ``weights`` (``[N, 1, H, W]``, see :func:`subject_weight_map`) every term is a weighted mean over
+    pixels; the gradient term weights each difference by the larger weight of its two pixels, so an
+    outline counts as subject.  The gradient term compares edges, not colours: a blurred corner
+    costs little in L1 (a few pixels of the wrong colour) but the whole step height in the gradient.
+    """
+    error = recon - target
+    if weights is None:
+        weights = torch.ones_like(error[:, :1])
+    total = weights.sum() * error.shape[1]
+    loss = (weights * error.abs()).sum() / total + mse_weight * (weights * error.pow(2)).sum() / total
+    if edge_weight:
+        for (grad_r, grad_t), w in zip(zip(_image_gradients(recon), _image_gradients(target), strict=True),
+                                       _pair_max(weights), strict=True):
+            loss = loss + edge_weight * (w * (grad_r - grad_t).abs()).sum() / (w.sum() * error.shape[1])
+    return loss
+
+
+def _pair_max(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of horizontally / vertically adjacent pixel pairs (the larger of the two)."""
+    return (torch.maximum(weights[..., :, 1:], weights[..., :, :-1]),
+            torch.maximum(weights[..., 1:, :], weights[..., :-1, :]))
+
+
+def vocabulary_frames(count: int, height: int, width: int, seed: int = 0,
+                      size_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """``count`` still frames ``[N, 3, H, W]`` in [-1, 1] rendered like the synthetic corpus, cycling through
+    every colour × shape × background of its vocabulary (so any ``count`` >= 84 shows each at least once).
+
+    Each frame draws its subject's size as a fraction of the shorter side from ``size_range`` (by default
+    the corpus's ``SHAPE_SIZE_RANGE``) and its centre anywhere in the frame, so some subjects are cut by
+    the border as the corpus's wrapping ones are.  Curated clips cover only the combinations that some
+    shot happened to draw; fitting on these too lets the autoencoder see every colour on every background
+    (an unseen pair, e.g. cyan on gray, is what a short fit gets wrong).  Deterministic in ``seed``.
+    """
+    import itertools
+
+    import numpy as np
+
+    from opensora_mlops.curation import synthetic
+
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if height < 8 or width < 8:
+        raise ValueError(f"frames must be at least 8x8, got {height}x{width}")
+    lo, hi = synthetic.SHAPE_SIZE_RANGE if size_range is None else size_range
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"size_range must be (min, max) fractions with 0 < min <= max <= 1, got {size_range}")
+    combos = list(itertools.product(synthetic.COLOURS, synthetic.SHAPES, synthetic.BACKGROUNDS))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(combos))
+    frames = np.empty((count, height, width, 3), dtype=np.uint8)
+    for i in range(count):
+        colour, shape, background = combos[order[i % len(combos)]]
+        size = float(rng.uniform(lo, hi) * min(height, width))
+        centre = (float(rng.uniform(0, width)), float(rng.uniform(0, height)))
+        spec = synthetic.ShotSpec(colour, shape, background)
+        frames[i] = synthetic.render_shot(spec, height, width, 1, size, centre)[0]
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 def fit_autoencoder(
@@ -452,22 +564,33 @@ def fit_autoencoder(
     crop: int | None = None,
     crop_content_bias: float = 0.0,
     cosine_decay: bool = False,
+    subject_weight: float = 0.0,
+    edge_weight: float = 0.0,
+    warmup_steps: int = 0,
+    bf16: bool = False,
 ) -> list[float]:
     """Train ``vae``'s autoencoder on video frames; returns the per-step loss history.
 
     ``data``: frames ``[N, 3, H, W]`` or videos ``[B, 3, T, H, W]`` in [-1, 1] (minibatches drawn at
     random), or an iterable of such tensors (consumed in order, restarted when exhausted if it is
-    re-iterable, e.g. a list or a DataLoader).  Loss per step: ``L1 + mse_weight·MSE`` between frames
-    and reconstructions of a posterior sample, plus ``kl_weight`` × the KL to N(0, I) per latent
+    re-iterable, e.g. a list or a DataLoader).  Loss per step (:func:`reconstruction_loss`):
+    ``L1 + mse_weight·MSE + edge_weight·L1(image gradients)`` between frames and reconstructions of a
+    posterior sample, each a mean over pixels weighted by :func:`subject_weight_map` (pixels of the
+    subject count ``1 + subject_weight`` times), plus ``kl_weight`` × the KL to N(0, I) per latent
     element (small, as in SD's VAE, so latents stay informative yet bounded; zero for the deterministic
-    AutoencoderTiny).  AdamW at constant ``lr``, or annealed to 0 over ``steps`` with ``cosine_decay``.
+    AutoencoderTiny).  AdamW at constant ``lr``, or annealed to 0 over ``steps`` with ``cosine_decay``;
+    ``warmup_steps`` ramp it up linearly from ``lr / warmup_steps`` first.  ``bf16``: run the forward
+    and backward passes under bfloat16 autocast (weights, optimiser and loss stay float32); about 1.8x
+    faster per step on CPUs with native bfloat16 (AVX512-BF16 or AMX, see :func:`bf16_is_fast`), much
+    slower where it is emulated.
 
     ``crop``: train on a fresh random ``crop``×``crop`` window of every frame at every step (the network
     is convolutional, so small windows train the same filters several times cheaper; drawing them anew
     each step lets every part of every frame, the small moving subjects included, be seen).
     ``crop_content_bias``: the fraction of windows centred on content (pixels far from the frame's
     median colour) instead of placed uniformly; where subjects are small and backgrounds flat, uniform
-    windows spend most of the fit on background.
+    windows spend most of the fit on background.  The subject weights are computed on whole frames
+    (their median colour is the background) and cut with the same windows.
 
     With ``calibrate_scale`` the latents are normalised per channel by the mean and std of the posterior
     means over up to 256 training frames, so the diffusion model sees zero-mean, unit-variance
@@ -483,12 +606,19 @@ def fit_autoencoder(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0.0 <= crop_content_bias <= 1.0:
         raise ValueError(f"crop_content_bias must be in [0, 1], got {crop_content_bias}")
+    if not (math.isfinite(subject_weight) and subject_weight >= 0):
+        raise ValueError(f"subject_weight must be a finite number >= 0, got {subject_weight}")
+    if not (math.isfinite(edge_weight) and edge_weight >= 0):
+        raise ValueError(f"edge_weight must be a finite number >= 0, got {edge_weight}")
+    if not 0 <= warmup_steps < steps:
+        raise ValueError(f"warmup_steps must be in [0, steps), got {warmup_steps} for {steps} steps")
     generator = torch.Generator().manual_seed(seed)
     module = vae.module
     module.train().requires_grad_(True)
+    # channels-last convolutions are ~1.4x faster on CPU (oneDNN); the results are the same numbers
+    module.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if cosine_decay
-                else None)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(steps, warmup_steps, cosine_decay))
     history: list[float] = []
     calibration: list[torch.Tensor] = []
     stream = _batches(data, batch_size, generator)
@@ -503,24 +633,30 @@ def fit_autoencoder(
             frames = frames.to(vae.device, vae.dtype)
             if sum(x.shape[0] for x in calibration) < 256:
                 calibration.append(frames.detach()[:64])
+            weights = subject_weight_map(frames, subject_weight) if subject_weight else None
             if crop:
-                frames = _random_crops(frames, crop, generator, content_bias=crop_content_bias)
-            dist = vae.posterior(frames)
-            z = dist.sample(generator=None)
-            recon = module.decode(z).sample[..., : frames.shape[-2], : frames.shape[-1]]
-            l1 = (recon - frames).abs().mean()
-            mse = (recon - frames).pow(2).mean()
-            kl = dist.kl().mean() / z[0].numel()
-            loss = l1 + mse_weight * mse + kl_weight * kl
+                if weights is None:
+                    frames = _random_crops(frames, crop, generator, crop_content_bias)
+                else:
+                    frames, weights = _random_crops(frames, crop, generator, crop_content_bias, weights)
+            frames = frames.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=bf16):
+                dist = vae.posterior(frames)
+                z = dist.sample(generator=None)
+                recon = module.decode(z).sample[..., : frames.shape[-2], : frames.shape[-1]]
+                kl = dist.kl().mean() / z[0].numel()
+            recon, kl = recon.float(), kl.float()
+            loss = (reconstruction_loss(recon, frames, weights, mse_weight=mse_weight, edge_weight=edge_weight)
+                    + kl_weight * kl)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if schedule is not None:
-                schedule.step()
+            schedule.step()
             history.append(float(loss.detach()))
             bar.set_postfix(loss=f"{history[-1]:.4f}")
     finally:
         module.eval().requires_grad_(False)
+        module.to(memory_format=torch.contiguous_format)
     if calibrate_scale:
         with torch.no_grad():
             means = torch.cat([vae.posterior(f).mean.float() for f in calibration])
@@ -533,3 +669,24 @@ def fit_autoencoder(
         if torch.isfinite(channel_mean).all() and (channel_std > 0).all():
             vae.set_latent_stats(channel_mean, channel_std)
     return history
+
+
+def bf16_is_fast() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles), so ``fit_autoencoder(bf16=True)``
+    is a speed-up rather than a slow-down."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def _lr_factor(steps: int, warmup_steps: int, cosine_decay: bool):
+    """The multiplier of the base lr at each step: linear warm-up, then constant or cosine to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if not cosine_decay:
+            return 1.0
+        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

@@ -16,8 +16,8 @@ from opensora_mlops.config import ConfigError, check_keys
 logger = logging.getLogger(__name__)
 
 AUTOENCODER_KEYS = ("pretrained", "out_dir", "steps", "lr", "batch_size", "frames_per_clip", "height", "width",
-                    "crop", "crop_content_bias", "cosine_decay", "arch", "max_clips", "seed", "kl_weight",
-                    "micro_batch_size", "video_root")
+                    "crop", "crop_content_bias", "cosine_decay", "warmup_steps", "subject_weight", "edge_weight",
+                    "vocabulary_frames", "bf16", "arch", "max_clips", "seed", "kl_weight", "micro_batch_size", "video_root")
 
 
 def frames_for_fitting(clips: pd.DataFrame, params: dict[str, Any]) -> torch.Tensor:
@@ -39,6 +39,55 @@ def frames_for_fitting(clips: pd.DataFrame, params: dict[str, Any]) -> torch.Ten
     return torch.cat(frames)
 
 
+def training_frames(clips: pd.DataFrame | None, params: dict[str, Any]) -> torch.Tensor:
+    """The frames the autoencoder is fitted on: ``frames_per_clip`` frames of up to ``max_clips`` curated
+    clips, plus ``vocabulary_frames`` renders of the synthetic vocabulary (every colour x shape x
+    background, see :func:`opensora_mlops.models.vae.vocabulary_frames`); ``clips=None``: renders only."""
+    from opensora_mlops.models.vae import vocabulary_frames
+
+    parts = [frames_for_fitting(clips, params)] if clips is not None and len(clips) else []
+    rendered = int(params.get("vocabulary_frames", 0))
+    if rendered < 0:
+        raise ConfigError(f"autoencoder.vocabulary_frames must be >= 0, got {rendered}")
+    if rendered:
+        parts.append(vocabulary_frames(rendered, int(params.get("height", 144)), int(params.get("width", 256)),
+                                       seed=int(params.get("seed", 0))))
+    if not parts:
+        raise ConfigError("the autoencoder pipeline found no clips to fit on (and autoencoder.vocabulary_frames is 0)")
+    return torch.cat(parts)
+
+
+def fit_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`~opensora_mlops.models.vae.fit_autoencoder` the parameters ask for
+    (the defaults here are the library's, not the embedded demo's: those are in parameters_autoencoder.yml)."""
+    check_keys(params, AUTOENCODER_KEYS, "autoencoder parameters")
+    return {
+        "steps": int(params.get("steps", 200)),
+        "lr": float(params.get("lr", 1e-3)),
+        "batch_size": int(params.get("batch_size", 8)),
+        "kl_weight": float(params.get("kl_weight", 1e-6)),
+        "seed": int(params.get("seed", 0)),
+        "crop": int(params["crop"]) if params.get("crop") else None,
+        "crop_content_bias": float(params.get("crop_content_bias", 0.0)),
+        "cosine_decay": bool(params.get("cosine_decay", False)),
+        "warmup_steps": int(params.get("warmup_steps", 0)),
+        "subject_weight": float(params.get("subject_weight", 0.0)),
+        "edge_weight": float(params.get("edge_weight", 0.0)),
+        "bf16": _bf16(params.get("bf16", False)),
+    }
+
+
+def _bf16(value: Any) -> bool:
+    """``autoencoder.bf16``: true, false, or "auto" (bfloat16 where this CPU computes it natively)."""
+    from opensora_mlops.models.vae import bf16_is_fast
+
+    if value == "auto":
+        return bf16_is_fast()
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"autoencoder.bf16 must be true, false or auto, got {value!r}")
+
+
 def fit_vae(clips: pd.DataFrame, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
     """Fit the tiny VAE on frames of the curated clips (or reference a pretrained VAE directory).
 
@@ -57,14 +106,9 @@ def fit_vae(clips: pd.DataFrame, params: dict[str, Any]) -> tuple[dict[str, Any]
             manifest["micro_batch_size"] = int(params["micro_batch_size"])
         return manifest, {"fitted": 0.0}
     torch.manual_seed(int(params.get("seed", 0)))
-    frames = frames_for_fitting(clips, params)
+    frames = training_frames(clips, params)
     vae = VideoAutoencoder.tiny(seed=int(params.get("seed", 0)), arch=str(params.get("arch", "taesd")))
-    history = fit_autoencoder(vae, frames, steps=int(params.get("steps", 200)), lr=float(params.get("lr", 1e-3)),
-                              batch_size=int(params.get("batch_size", 8)),
-                              kl_weight=float(params.get("kl_weight", 1e-6)), seed=int(params.get("seed", 0)),
-                              crop=int(params["crop"]) if params.get("crop") else None,
-                              crop_content_bias=float(params.get("crop_content_bias", 0.0)),
-                              cosine_decay=bool(params.get("cosine_decay", False)))
+    history = fit_autoencoder(vae, frames, **fit_options(params))
     with torch.no_grad():
         sample = frames[: min(16, len(frames))].permute(1, 0, 2, 3)[None]  # [1, 3, T, H, W]
         recon = vae.decode(vae.encode(sample), size=tuple(sample.shape[-2:]))
