@@ -56,6 +56,10 @@ def training_conditions(cache: LatentCache) -> dict[str, float]:
     return {"fps": float(videos["fps"].median()), "height": int(h), "width": int(w), "num_frames": int(t)}
 
 
+ADHERENCE_FIELDS = ("background_ok", "background_stable", "colour_ok", "shape_ok", "direction_ok", "adherence",
+                    "overall")
+
+
 def adherence_of_samples(model, scheduler_cfg, vae, encoder, prompts, cond, seeds, steps, cfg_scale):
     """Mean per-attribute adherence of one generated clip per (prompt, seed)."""
     from opensora_mlops.evaluation.prompt_adherence import adherence_scores
@@ -68,10 +72,9 @@ def adherence_of_samples(model, scheduler_cfg, vae, encoder, prompts, cond, seed
                                   fps=cond["fps"], steps=steps, cfg_scale=cfg_scale, seed=seed,
                                   scheduler=scheduler_cfg)
             score = adherence_scores(frames, prompt)
-            rows.append({k: v for k, v in vars(score).items() if isinstance(v, int | float | bool) and k != "n_frames"})
+            rows.append({k: getattr(score, k) for k in ADHERENCE_FIELDS})
     table = pd.DataFrame(rows)
-    return {c: float(table[c].mean()) for c in table.columns if c in
-            ("colour", "shape", "direction", "background", "background_stable", "overall", "mean")}
+    return {c: float(table[c].mean()) for c in ADHERENCE_FIELDS}
 
 
 def diagnose(args: argparse.Namespace) -> None:
