@@ -73,7 +73,8 @@ def test_kedro_run_stage1_tracks_to_mlflow_and_falls_back_when_the_server_is_dow
         "stage1.bucket_table": {"type": "pandas.ParquetDataset", "filepath": str(tmp_path / "stage1_bucket_table.parquet")},
         "vae_model": {"type": "json.JSONDataset", "filepath": str(tmp_path / "vae.json")},
         **{f"stage1.{name}": {"type": "json.JSONDataset", "filepath": str(out / f"{name}.json")}
-           for name in ("latent_cache", "model", "training_metrics", "validation_metrics")},
+           for name in ("latent_cache", "model", "training_metrics", "validation_metrics", "dvc_metrics")},
+        "stage1.training_loss_plot": {"type": "pandas.CSVDataset", "filepath": str(out / "loss.csv")},
     }  # fmt: skip
     (conf / "local" / "catalog.yml").write_text(yaml.safe_dump(catalog))
     params = {
