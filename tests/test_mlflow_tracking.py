@@ -130,6 +130,10 @@ def test_stage_runs_hold_their_own_nodes_and_steps_add_up_across_stages(tmp_path
     # bucketing's per-stage nodes went to the bucketing run, so stage 1 starts after them
     assert runs["stage1"].info.start_time >= runs["bucketing"].info.end_time
     assert runs["stage1"].data.params == {"seed": "1", "lr": "0.1"}
+    for name in ("bucketing", "stage1", "stage2"):  # the time of the run's own nodes
+        run = runs[name]
+        assert 0 < run.data.metrics["node_seconds"] <= (run.info.end_time - run.info.start_time) / 1000 + 0.01
+    assert runs["bucketing"].data.metrics["node_seconds"] >= 0.1  # two stages' bucketing nodes
     assert runs["bucketing"].data.params == {"v11_compat": "False"}
     # global steps: stage 2 continues where stage 1 stopped, in the stage run and on the parent
     assert _history(store, runs["stage1"], "global_step") == [(1, 1.0), (2, 2.0), (3, 3.0)]

@@ -3,6 +3,8 @@
 * one parent run per ``kedro run`` (run name = the pipeline names), one nested run per training stage
   (``stage1``, ``stage2``, ``stage3``) and per other namespaced pipeline: a stage's run holds only its
   own nodes (bucketing's per-stage nodes, although namespaced ``stage1`` …, go to a ``bucketing`` run);
+  Kedro may run a stage's latent cache well before its training, so each nested run also gets
+  ``node_seconds``, the time its own nodes took;
 * parameters flattened (``training_shared.model.name``), per-stage settings on the nested runs;
 * per-step metrics come from the training nodes' callback (loss, grad norm, lr, samples/s, tokens/s),
   counted from 1 in each stage; the hooks add ``global_step`` (the step counted across stages 1 → 3)
@@ -35,6 +37,7 @@ import os
 import socket
 import sqlite3
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -233,6 +236,8 @@ class MLflowHooks:
         self.parent_run_id: str | None = None
         self.nested: dict[str, str] = {}
         self.step_offsets: dict[str, int] = {}
+        self.node_seconds: dict[str, float] = {}
+        self.node_started: dict[str, float] = {}
         self.owner: dict[str, str] = {}
         self.fell_back = False
 
@@ -301,6 +306,8 @@ class MLflowHooks:
         self.parent_run_id = run.info.run_id
         self.nested = {}
         self.step_offsets = {}
+        self.node_seconds = {}
+        self.node_started = {}
         self.owner = process_owner()
         mlflow.set_tags({**self.owner,
             "mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(dirty),
@@ -322,6 +329,12 @@ class MLflowHooks:
 
         while mlflow.active_run() is not None:
             mlflow.end_run()
+        # Kedro may run a stage's first node (its latent cache) long before the others (stage 3's cache
+        # right after bucketing), so a run's start-to-end time includes other stages' work: its own is this
+        client = mlflow.MlflowClient()
+        for name, seconds in self.node_seconds.items():
+            if name in self.nested:
+                client.log_batch(self.nested[name], metrics=[_metric("node_seconds", round(seconds, 3), 0)])
         self.parent_run_id = None
 
     @hook_impl
@@ -382,6 +395,7 @@ class MLflowHooks:
                 _log_params(flatten_params(self.params[name]))
         else:
             mlflow.start_run(run_id=run_id_, nested=True)
+        self.node_started[node.name] = time.monotonic()
         if name in STAGES and f"{name}.model" in node.outputs and name not in self.step_offsets:
             self.step_offsets[name] = offset = self._stage_offset(name, catalog)
             mlflow.set_tag("global_step_offset", str(offset))
@@ -394,6 +408,9 @@ class MLflowHooks:
         import mlflow
 
         name = self.run_name(node)
+        started = self.node_started.pop(node.name, None)
+        if started is not None:
+            self.node_seconds[name] = self.node_seconds.get(name, 0.0) + time.monotonic() - started
         run = mlflow.active_run()
         manifest = outputs.get(f"{name}.model")
         if isinstance(manifest, Mapping) and manifest.get("final_dir") and self.settings.get("log_weights", True):
@@ -456,8 +473,6 @@ class MLflowHooks:
 
 
 def _metric(key: str, value: float, step: int):
-    import time
-
     from mlflow.entities import Metric
 
     return Metric(key, value, int(time.time() * 1000), step)
