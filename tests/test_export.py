@@ -228,7 +228,9 @@ def test_pyfunc_round_trip_through_the_registry(components, tmp_path, mlflow_sql
             "fps": [24.0, 24.0],
         }
     )
-    params = {"out_dir": str(tmp_path / "export"), "model_name": "opensora-tiny-test", "write_v1_1": False}
+    served = tmp_path / "served"
+    params = {"out_dir": str(tmp_path / "export"), "model_name": "opensora-tiny-test", "write_v1_1": False,
+              "pyfunc_output_root": str(served), "pyfunc_max_pixels": 3 * 32 * 32}
     metrics = {"adherence": {"trained": {"adherence": 0.5}}, "vbench": {"trained": {"imaging_quality": 0.7}}}
     manifest = nodes.export_stage_model(stage_model, metrics, clips, params)
     assert manifest["data_summary"]["clips"] == 2 and manifest["data_summary"]["hours"] == pytest.approx(
@@ -247,7 +249,7 @@ def test_pyfunc_round_trip_through_the_registry(components, tmp_path, mlflow_sql
         assert registration["registered"] and registration["model_uri"] == "models:/opensora-tiny-test/1"
 
         model = mlflow.pyfunc.load_model(registration["model_uri"])
-        out_dir = tmp_path / "generated"
+        out_dir = served / "generated"
         prompts = [
             "a red circle moving left quickly on a gray background",
             "a blue square on a black background",
@@ -260,16 +262,25 @@ def test_pyfunc_round_trip_through_the_registry(components, tmp_path, mlflow_sql
                 "width": 32,
                 "steps": 2,
                 "fps": 8.0,
-                "output_dir": str(out_dir),
+                "output_dir": "generated",
             },
         )
         assert list(result["prompt"]) == prompts
         for _, row in result.iterrows():
+            assert Path(row["video_path"]).resolve().is_relative_to(out_dir.resolve())
             frames, fps = read_video(row["video_path"])
             assert frames.shape == (3, 32, 32, 3) and fps == pytest.approx(8.0)
             assert Path(row["gif_path"]).is_file()
             assert json.loads(Path(row["settings_path"]).read_text())["prompt"] == row["prompt"]
         with pytest.raises(Exception, match="prompt"):
             model.predict(pd.DataFrame({"text": ["x"]}))
+        # a served model writes only under its root and refuses requests over its size budget
+        small = {"num_frames": 3, "height": 32, "width": 32, "steps": 2}
+        for escape in (str(tmp_path / "elsewhere"), "../elsewhere"):
+            with pytest.raises(Exception, match="output root"):
+                model.predict(pd.DataFrame({"prompt": ["x"]}), params={**small, "output_dir": escape})
+        with pytest.raises(Exception, match="max_pixels"):
+            model.predict(pd.DataFrame({"prompt": ["x"]}), params={**small, "num_frames": 4})
+        assert not (tmp_path / "elsewhere").exists()
     finally:
         mlflow.set_tracking_uri("")

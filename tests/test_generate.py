@@ -18,6 +18,7 @@ from opensora_mlops.diffusion import IDDPM
 from opensora_mlops.inference.generate import (
     add_generate_arguments,
     generate,
+    load_components,
     run_generate,
     save_generation,
 )
@@ -305,3 +306,61 @@ def test_cli_from_exported_model_directory(parts, refs, tmp_path: Path) -> None:
                                  "--width", "16"])
     with pytest.raises(FileNotFoundError, match="nowhere"):
         run_generate(missing)
+
+
+def test_cli_checks_every_number_before_loading_anything(tmp_path: Path) -> None:
+    """A nonexistent model directory would fail the load: these requests must fail first, on their own."""
+    parser = add_generate_arguments(argparse.ArgumentParser())
+    nowhere = str(tmp_path / "nowhere")
+    base = ["--model-dir", nowhere, "--prompt", "x", "--height", "144", "--width", "256"]
+    cases = [
+        (["--num-frames", "10000"], "max-pixels"),
+        (["--num-frames", "0"], "num_frames"),
+        (["--steps", "1"], "steps"),
+        (["--fps", "-25"], "fps"),
+        (["--cfg-scale", "nan"], "cfg_scale"),
+        (["--loops", "3", "--condition-frames", "16", "--num-frames", "16"], "condition_frames"),
+        (["--batch-size", "0"], "batch_size"),
+    ]
+    for extra, match in cases:
+        with pytest.raises(GenerationError, match=match):
+            run_generate(parser.parse_args(base + extra))
+    # the budget counts every loop's frames and can be raised (0 lifts it): then the load is what fails
+    with pytest.raises(GenerationError, match="max-pixels"):
+        run_generate(parser.parse_args(base + ["--num-frames", "100", "--loops", "20"]))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_generate(parser.parse_args(base + ["--num-frames", "10000", "--max-pixels", "0"]))
+
+
+def test_size_budget_in_the_library_call(parts) -> None:
+    with pytest.raises(GenerationError, match="max_pixels"):
+        run(parts, prompts="a", num_frames=5, max_pixels=4 * H * W)
+    assert run(parts, prompts="a", num_frames=4, max_pixels=4 * H * W).videos[0].shape[0] == 4
+
+
+def test_corrupt_or_mismatched_weights_are_one_clear_error(parts, tmp_path: Path) -> None:
+    model, vae, _, _ = parts
+    export = tmp_path / "export"
+    model.save_pretrained(export / "model")
+    vae.save_pretrained(export / "vae")
+    (export / "text_encoder.json").write_text(json.dumps({"type": "minilm", "max_length": 32}))
+    weights = export / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(GenerationError, match=r"could not load the model from .*model"):
+        load_components(model_dir=export)
+    model.save_pretrained(export / "model")
+    config = json.loads((export / "model" / "config.json").read_text())
+    (export / "model" / "config.json").write_text(json.dumps({**config, "hidden_size": config["hidden_size"] * 2}))
+    with pytest.raises(GenerationError, match="could not load the model"):
+        load_components(model_dir=export)
+
+
+def test_sidecar_records_the_size_the_file_holds(parts, tmp_path: Path) -> None:
+    from opensora_mlops.data.video_io import read_video
+
+    result = run(parts, prompts="a", num_frames=3, height=21, width=35)
+    files = save_generation(result, tmp_path, gif=False)[0]
+    frames, _ = read_video(files["video"])
+    sidecar = json.loads(Path(files["settings"]).read_text())
+    assert (sidecar["height"], sidecar["width"]) == (21, 35)  # what was asked and generated
+    assert (sidecar["written_height"], sidecar["written_width"]) == frames.shape[1:3] == (22, 36)

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from opensora_mlops.config import ConfigError, strict_dataclass
 from opensora_mlops.diffusion import SCHEDULER_FILE, build_scheduler, load_scheduler_config, save_scheduler
+from opensora_mlops.inference.generate import DEFAULT_MAX_PIXELS
 from opensora_mlops.resources import load_reference
 
 EXPORT_FORMAT = "opensora-mlops-export/1"
@@ -54,6 +55,9 @@ class ExportConfig:
     # MLflow model registry (used by the export pipeline's registration node, not by this module)
     register: bool = True
     registered_model_name: str | None = None  # None: model_name
+    # the served pyfunc writes only under this folder (relative: to the serving process's working dir)
+    pyfunc_output_root: str = "data/07_model_output/pyfunc"
+    pyfunc_max_pixels: int | None = DEFAULT_MAX_PIXELS  # frames x H x W per video; None: no limit
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> ExportConfig:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ __all__ = [
     "GenerationResult",
     "add_generate_arguments",
     "check_components",
+    "check_request",
     "generate",
     "load_components",
     "run_generate",
@@ -74,6 +76,10 @@ __all__ = [
 
 DEFAULT_STEPS = 100
 DEFAULT_CFG_SCALE = 7.0
+#: frames x height x width of one sample's output above which a request is refused before any work:
+#: 128 frames at 480p (52 M pixels). 1.1-sized requests fit; a typo such as 10000 frames, which grew past
+#: 11 GB, does not. Raise it with ``max_pixels`` (``--max-pixels``), or pass None to lift the limit.
+DEFAULT_MAX_PIXELS = 128 * 480 * 854
 
 
 @dataclass
@@ -102,6 +108,61 @@ def check_components(model: Any, vae: Any, text_encoder: Any) -> None:
                         f"has model_max_length={cfg.model_max_length}")
     if problems:
         raise GenerationError("model, VAE and text encoder do not fit together: " + "; ".join(problems))
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise GenerationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_request(
+    num_frames: int = 16,
+    height: int | None = None,
+    width: int | None = None,
+    resolution: str | None = None,
+    aspect_ratio: str | float | None = None,
+    fps: float = 24.0,
+    frame_interval: int = 1,
+    loops: int = 1,
+    condition_frames: int = 4,
+    steps: int | None = None,
+    cfg_scale: float | None = None,
+    batch_size: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    downsample_factor: int = 8,
+) -> TargetSize:
+    """Every cheap check of a generation request, before any model loads; returns the target size.
+
+    The size budget counts the whole output of one sample (all loops joined): frames x H x W must stay
+    within ``max_pixels`` (None: no limit).
+    """
+    _positive_int(num_frames, "num_frames")
+    _positive_int(loops, "loops")
+    _positive_int(frame_interval, "frame_interval")
+    if loops > 1:
+        _positive_int(condition_frames, "condition_frames", 0)
+        if condition_frames >= num_frames:
+            raise GenerationError(f"condition_frames ({condition_frames}) must be fewer than num_frames "
+                                  f"({num_frames}): each loop must add new frames")
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < float(fps) <= 240:
+        raise GenerationError(f"fps must be in (0, 240], got {fps!r}")
+    if steps is not None:
+        _positive_int(steps, "steps", 2)
+    if cfg_scale is not None and (isinstance(cfg_scale, bool) or not isinstance(cfg_scale, int | float)
+                                  or not math.isfinite(cfg_scale)):
+        raise GenerationError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+    if batch_size is not None:
+        _positive_int(batch_size, "batch_size")
+    size = resolve_size(height, width, resolution, aspect_ratio, downsample_factor)
+    total_frames = loops * num_frames - (loops - 1) * (condition_frames if loops > 1 else 0)
+    pixels = total_frames * size.height * size.width
+    if max_pixels is not None and pixels > int(max_pixels):
+        raise GenerationError(
+            f"the request asks for {total_frames} frames of {size.height}x{size.width} = {pixels / 1e6:.0f} M "
+            f"pixels per sample, over the limit of {int(max_pixels) / 1e6:.0f} M (max_pixels / --max-pixels): "
+            "ask for fewer frames or a smaller size, or raise the limit if the machine has the memory")
+    return size
 
 
 def _scheduler(scheduler: Any, steps: int | None, cfg_scale: float | None) -> Any:
@@ -150,6 +211,7 @@ def generate(
     batch_size: int | None = None,
     progress: bool = True,
     extra_settings: dict[str, Any] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> GenerationResult:
     """Generate one image/video per prompt (see the module docstring for the modes).
 
@@ -178,18 +240,15 @@ def generate(
             reproducible on any device (given the same prompts and batch size).
         batch_size: prompts sampled together (default: all).
         extra_settings: merged into every sample's settings (e.g. model paths for the sidecar).
+        max_pixels: the size budget of one sample (frames x H x W, see :func:`check_request`).
     """
     started = time.monotonic()
+    size: TargetSize = check_request(num_frames, height, width, resolution, aspect_ratio, fps, frame_interval,
+                                     loops, condition_frames, steps, cfg_scale, batch_size, max_pixels,
+                                     int(vae.downsample_factor))
     check_components(model, vae, text_encoder)
     scheduler = _scheduler(scheduler, steps, cfg_scale)
-    size: TargetSize = resolve_size(height, width, resolution, aspect_ratio, int(vae.downsample_factor))
-    if not (isinstance(fps, int | float) and 0 < float(fps) <= 240):
-        raise GenerationError(f"fps must be in (0, 240], got {fps!r}")
-    if not isinstance(frame_interval, int) or isinstance(frame_interval, bool) or frame_interval < 1:
-        raise GenerationError(f"frame_interval must be a positive integer, got {frame_interval!r}")
     fps_condition = IMAGE_FPS if num_frames == 1 else float(fps)
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise GenerationError(f"batch_size must be a positive integer, got {batch_size!r}")
 
     # Read every reference once (I/O only) so the plan can check frame ranges before any compute.
     frames_cache: dict[Path, np.ndarray] = {}
@@ -331,9 +390,13 @@ def save_generation(result: GenerationResult, out_dir: str | Path, name: str = "
             files["video"] = str(write_video(stem.with_suffix(".mp4"), video, settings["output_fps"]))
             if gif:
                 files["gif"] = str(write_gif(stem.with_suffix(".gif"), video, settings["output_fps"]))
+        # what the file holds: yuv420p MP4 needs even sides, so an odd size gains one edge pixel there
+        height, width = int(video.shape[1]), int(video.shape[2])
+        written_size = ([height, width] if video.shape[0] == 1 else [height + height % 2, width + width % 2])
         sidecar = stem.with_suffix(".json")
         files["settings"] = str(sidecar)
-        sidecar.write_text(json.dumps({**settings, "files": files}, indent=2) + "\n")
+        sidecar.write_text(json.dumps({**settings, "written_height": written_size[0],
+                                       "written_width": written_size[1], "files": files}, indent=2) + "\n")
         written.append(files)
     return written
 
@@ -352,6 +415,22 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise GenerationError(f"{what} {path} must hold a JSON object, got {type(value).__name__}")
     return value
+
+
+def _loaded(what: str, where: Any, load: Any) -> Any:
+    """``load()``, with a broken or mismatched weights file reported as one GenerationError naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        return load()
+    except GenerationError:
+        raise
+    except FileNotFoundError as error:
+        raise GenerationError(f"{what} not found at {where}: {error}") from None
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, json.JSONDecodeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GenerationError(f"could not load the {what} from {where} (corrupt, truncated or not matching its "
+                              f"config?): {type(error).__name__}: {first[:300]}") from None
 
 
 def load_components(
@@ -420,18 +499,19 @@ def load_components(
         if model_name is None:
             raise GenerationError("--checkpoint needs --model-name (e.g. STDiT2-XL/2)")
         flags = {"qk_norm_legacy": True, "final_layer_legacy": True} if legacy else {}
-        model = load_opensora_checkpoint(build_model(model_name, **flags), checkpoint)
+        model = _loaded("model checkpoint", checkpoint,
+                        lambda: load_opensora_checkpoint(build_model(model_name, **flags), checkpoint))
         model_source = str(checkpoint)
     else:
         model_dir_path = Path(model_path) if model_path is not None else (root / "model" if root is not None else None)
         if model_dir_path is None:
             raise GenerationError("no model: give --model, --checkpoint or a --model-dir with model/")
-        model = STDiT2.from_pretrained(model_dir_path, **({"qk_norm_legacy": True, "final_layer_legacy": True}
-                                                          if legacy else {}))
+        flags = {"qk_norm_legacy": True, "final_layer_legacy": True} if legacy else {}
+        model = _loaded("model", model_dir_path, lambda: STDiT2.from_pretrained(model_dir_path, **flags))
         model_source = str(model_dir_path)
     model = model.to(device=device, dtype=torch_dtype).eval()
-    vae = VideoAutoencoder.from_pretrained(vae_dir, micro_batch_size=vae_micro_batch_size, device=device,
-                                           dtype=torch_dtype)
+    vae = _loaded("VAE", vae_dir, lambda: VideoAutoencoder.from_pretrained(
+        vae_dir, micro_batch_size=vae_micro_batch_size, device=device, dtype=torch_dtype))
     encoder = build_text_encoder({**te_cfg, "device": device} if "device" not in te_cfg else te_cfg)
     # the parameterisation the weights were trained with (<model-dir>/scheduler.json, else the one saved
     # beside the weights, else 1.1's ε IDDPM), sampled with the requested steps and guidance
@@ -541,6 +621,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                      f"scheduler.json, else {DEFAULT_CFG_SCALE})")
     req.add_argument("--batch-size", type=int, default=None,
                      help="prompts sampled together (default: all of them)")
+    req.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                     help="refuse a request whose frames x height x width per video exceeds this, before "
+                     "anything loads; 0 lifts the limit (default: %(default)s, 128 frames at 480p)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", default="data/07_model_output/generate",
@@ -586,8 +669,10 @@ def run_generate(args: argparse.Namespace) -> list[dict[str, str]]:
         raise GenerationError("no prompt: give --prompt (repeatable) or --prompt-file")
     strategy = _one_or_per_prompt(args.mask_strategy, len(prompts), "--mask-strategy")
     references = _one_or_per_prompt(args.reference, len(prompts), "--reference")
-    # Cheap checks first: a bad size, strategy or missing reference fails before models load.
-    resolve_size(args.height, args.width, args.resolution, args.aspect_ratio)
+    # Cheap checks first: a bad size, number, strategy or missing reference fails before models load.
+    check_request(args.num_frames, args.height, args.width, args.resolution, args.aspect_ratio, args.fps,
+                  args.frame_interval, args.loops, args.condition_frames, args.steps, args.cfg_scale,
+                  args.batch_size, args.max_pixels or None)
     plan_samples(prompts, args.num_frames, args.loops, args.condition_frames, strategy, references,
                  lambda p: load_reference_frames(p).shape[0])
 
@@ -602,7 +687,7 @@ def run_generate(args: argparse.Namespace) -> list[dict[str, str]]:
         mask_strategy=strategy,
         reference_paths=references, loops=args.loops, condition_frames=args.condition_frames, seed=args.seed,
         batch_size=args.batch_size, progress=not args.quiet,
-        extra_settings=loaded,
+        extra_settings=loaded, max_pixels=args.max_pixels or None,
     )
     written = save_generation(result, args.output_dir, name=args.name, gif=not args.no_gif)
     for files in written:

@@ -70,7 +70,8 @@ def register_model(manifest: dict[str, Any], params: dict[str, Any]) -> dict[str
     with mlflow.start_run(run_name="export", nested=True, experiment_id=parent.info.experiment_id) as run:
         mlflow.set_tag("namespace", "export")
         mlflow.log_artifact(f"{config.out_dir}/README.md", artifact_path="model_card")
-        info = log_pyfunc(config.out_dir, registered_model_name=name)
+        info = log_pyfunc(config.out_dir, registered_model_name=name, output_root=config.pyfunc_output_root,
+                          max_pixels=config.pyfunc_max_pixels)
     version = getattr(info, "registered_model_version", None)
     return {
         "registered": True,

@@ -3,6 +3,11 @@
 ``mlflow.pyfunc.load_model("models:/<name>/<version>").predict(pd.DataFrame({"prompt": [...]}),
 params={"num_frames": 16, ...})`` returns one row per prompt with the written MP4 (and GIF) and its
 JSON sidecar. The export directory travels as the model's artifact ``model_dir``.
+
+A served model takes requests from anyone who can reach it, so it writes only under its configured
+``output_root`` (``output_dir`` is a relative folder inside it; absolute paths and ``..`` are refused)
+and refuses requests over its size budget (``max_pixels``, frames x H x W per video) before sampling.
+It samples with the scheduler the weights were trained with (the export's ``scheduler.json``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+
+from opensora_mlops.inference.generate import DEFAULT_MAX_PIXELS
 
 #: predict() parameters and their defaults (also the model signature's params schema).
 PREDICT_DEFAULTS: dict[str, Any] = {
@@ -27,6 +34,26 @@ PREDICT_DEFAULTS: dict[str, Any] = {
     "output_dir": "",
     "gif": True,
 }
+DEFAULT_OUTPUT_ROOT = "data/07_model_output/pyfunc"
+
+
+def confined_output_dir(root: str | Path, requested: str) -> Path:
+    """The folder a request writes to: ``requested`` (relative) inside ``root``, or a fresh one there.
+
+    Raises ValueError for an absolute path or one that leaves the root (``..``, symlinks resolved).
+    """
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if not requested:
+        return Path(tempfile.mkdtemp(prefix="request_", dir=root))
+    if Path(requested).is_absolute():
+        raise ValueError(f"output_dir must be a folder relative to the model's output root {root}, got {requested!r}")
+    target = (root / requested).resolve()
+    if not target.is_relative_to(root):
+        raise ValueError(f"output_dir {requested!r} leaves the model's output root {root}")
+    return target
+
+
 OUTPUT_COLUMNS = ["prompt", "video_path", "gif_path", "settings_path", "num_frames", "height", "width"]
 
 
@@ -40,10 +67,13 @@ class OpenSoraPyfunc(mlflow.pyfunc.PythonModel):
         manifest = json.loads((model_dir / "export.json").read_text())
         vae = manifest["vae"]
         vae_path = None if vae["copied"] else vae["location"]
-        (self.model, self.vae, self.text_encoder, _, self.settings) = load_components(
+        (self.model, self.vae, self.text_encoder, self.scheduler, self.settings) = load_components(
             model_dir=model_dir, vae_path=vae_path
         )
         self.model_dir = model_dir
+        config = dict(getattr(context, "model_config", None) or {})
+        self.output_root = Path(config.get("output_root") or DEFAULT_OUTPUT_ROOT)
+        self.max_pixels = config.get("max_pixels", DEFAULT_MAX_PIXELS)
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -59,21 +89,21 @@ class OpenSoraPyfunc(mlflow.pyfunc.PythonModel):
         if unknown:
             raise ValueError(f"unknown predict params {unknown}; known: {sorted(PREDICT_DEFAULTS)}")
         p = {**PREDICT_DEFAULTS, **(params or {})}
-        out_dir = Path(p["output_dir"] or tempfile.mkdtemp(prefix="opensora_pyfunc_"))
+        out_dir = confined_output_dir(self.output_root, str(p["output_dir"] or ""))
         result = generate(
             self.model,
             self.vae,
             self.text_encoder,
+            self.scheduler.with_sampling(steps=int(p["steps"]), cfg_scale=float(p["cfg_scale"])),
             prompts=prompts,
             num_frames=int(p["num_frames"]),
             height=int(p["height"]),
             width=int(p["width"]),
             fps=float(p["fps"]),
-            steps=int(p["steps"]),
-            cfg_scale=float(p["cfg_scale"]),
             seed=int(p["seed"]),
             progress=False,
             extra_settings={"model_dir": str(self.model_dir)},
+            max_pixels=self.max_pixels,
         )
         files = save_generation(result, out_dir, name="video", gif=bool(p["gif"]))
         rows = []
@@ -113,10 +143,13 @@ def model_signature():
 
 
 def log_pyfunc(
-    export_dir: str | Path, registered_model_name: str | None, artifact_path: str = "model"
+    export_dir: str | Path, registered_model_name: str | None, artifact_path: str = "model",
+    output_root: str = DEFAULT_OUTPUT_ROOT, max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Any:
     """Log the export as a pyfunc model into the active run (and register it when a name is given);
-    returns MLflow's ModelInfo (``model_uri``, ``registered_model_version``)."""
+    returns MLflow's ModelInfo (``model_uri``, ``registered_model_version``). ``output_root`` and
+    ``max_pixels`` travel as the model's config: where a served model may write, and how large a request
+    it accepts."""
     signature, example = model_signature()
     return mlflow.pyfunc.log_model(
         name=artifact_path,
@@ -125,4 +158,5 @@ def log_pyfunc(
         signature=signature,
         registered_model_name=registered_model_name,
         pip_requirements=["opensora-mlops"],
+        model_config={"output_root": str(output_root), "max_pixels": max_pixels},
     )
