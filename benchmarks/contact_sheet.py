@@ -27,7 +27,10 @@ def contact_sheet(sidecars: list[Path], frames_per_row: int, scale: int = 1, cap
     rows = []
     for sidecar in sidecars:
         settings = json.loads(sidecar.read_text())
-        video, _ = read_video(settings["files"]["video"])
+        path = Path(settings["files"]["video"])
+        if not path.is_file():  # sidecars record paths relative to where generation ran; the file sits beside
+            path = sidecar.parent / path.name
+        video, _ = read_video(path)
         picks = np.linspace(0, len(video) - 1, min(frames_per_row, len(video))).round().astype(int)
         strip = np.concatenate([video[i] for i in picks], axis=1)
         image = Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST)
