@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	# colossalai 0.5.0 pins torch<=2.5.1 and transformers 4.51; its Booster runs fine on the pins above
 	$(PY) -m pip install -q --no-deps colossalai==0.5.0
+	# rapidocr-onnxruntime pulls in GUI OpenCV (needs libGL); the two share the cv2 folder, so remove it
+	# and put the headless build back
+	$(PY) -m pip uninstall -q -y opencv-python
+	$(PY) -m pip install -q --force-reinstall --no-deps opencv-python-headless==5.0.0.93
 	touch $(STAMP)
 
 install: $(STAMP)
