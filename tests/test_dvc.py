@@ -202,7 +202,7 @@ SHORT = {
             "num_frames_min": None, "resolution_min": None} for s in TRAINING}}},
     "parameters_bucketing.yml": {"bucketing": {"stages": {
         s: {"bucket_config": {"144p": {1: [1.0, 1], 8: [1.0, 1]}}} for s in TRAINING}}},
-    "parameters_autoencoder.yml": {"autoencoder": {"steps": 2, "max_clips": 2, "frames_per_clip": 2}},
+    "parameters_autoencoder.yml": {"autoencoder": {"steps": 2, "warmup_steps": 0, "max_clips": 2, "frames_per_clip": 2}},
     "parameters_training.yml": {
         "training_shared": {"sample_every": 0, "ckpt_every": 2, "validation": {"timesteps": [500]}},
         **{s: {"training": {"max_steps": 2}} for s in TRAINING}},

@@ -26,7 +26,7 @@ TINY = {
         "stage2": {"bucket_config": {"144p": {1: [1.0, 1], 8: [1.0, 1], 16: [1.0, 1]}}},
         "stage3": {"bucket_config": {"144p": {1: [1.0, 1], 16: [1.0, 1]}}},
     }},
-    "autoencoder": {"steps": 4, "max_clips": 4, "frames_per_clip": 2},
+    "autoencoder": {"steps": 4, "warmup_steps": 0, "max_clips": 4, "frames_per_clip": 2},
     "training_shared": {"sample_every": 0, "ckpt_every": 2},
     "stage1": {"training": {"max_steps": 3}},
     "stage2": {"training": {"max_steps": 2}},
