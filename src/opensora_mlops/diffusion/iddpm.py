@@ -254,20 +254,7 @@ class IDDPM:
         if noise.dim() != 5:
             raise ValueError(f"noise must be [B, C, T, H, W], got shape {tuple(noise.shape)}")
         batch, _, frames = noise.shape[:3]
-        start = None
-        if x_cond is not None and x_mask is None:
-            raise ValueError("x_cond was given without x_mask: say which frames it conditions")
-        if x_mask is not None:
-            frame_mask = _check_float_frame_mask(x_mask, batch, frames).to(noise.device)
-            start = self.frame_start_steps(frame_mask)
-            if bool((start < self.num_sampling_steps).any()):
-                if x_cond is None:
-                    raise ValueError("x_mask marks conditioned/edited frames but x_cond was not given")
-                if x_cond.shape != noise.shape:
-                    raise ValueError(f"x_cond shape {tuple(x_cond.shape)} differs from noise {tuple(noise.shape)}")
-                x_cond = x_cond.to(device=noise.device, dtype=noise.dtype)
-            else:
-                start = None  # every frame is generated: same as no mask
+        start, x_cond = conditioning_start_steps(noise, x_cond, x_mask, self.num_sampling_steps)
 
         x = noise.clone()
         frames_view = (batch, 1, frames, 1, 1)
@@ -350,6 +337,25 @@ def guided_output(
         raise ConfigError(f"cfg_channel={cfg_channel} exceeds the model's {channels} mean channels")
     mean_guided = uncond[:, :guided] + cfg_scale * (cond[:, :guided] - uncond[:, :guided])
     return torch.cat([mean_guided, cond[:, guided:]], dim=1)
+
+
+def conditioning_start_steps(noise: torch.Tensor, x_cond: torch.Tensor | None, x_mask: torch.Tensor | None,
+                             steps: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Checks a sampler's frame mask and reference; returns (per-frame start steps or None when every
+    frame is generated from noise, ``x_cond`` on the noise's device and dtype)."""
+    batch, _, frames = noise.shape[:3]
+    if x_cond is not None and x_mask is None:
+        raise ValueError("x_cond was given without x_mask: say which frames it conditions")
+    if x_mask is None:
+        return None, x_cond
+    start = frame_start_steps(_check_float_frame_mask(x_mask, batch, frames).to(noise.device), steps)
+    if not bool((start < steps).any()):
+        return None, x_cond  # every frame is generated: same as no mask
+    if x_cond is None:
+        raise ValueError("x_mask marks conditioned/edited frames but x_cond was not given")
+    if x_cond.shape != noise.shape:
+        raise ValueError(f"x_cond shape {tuple(x_cond.shape)} differs from noise {tuple(noise.shape)}")
+    return start, x_cond.to(device=noise.device, dtype=noise.dtype)
 
 
 def frame_start_steps(frame_mask: torch.Tensor, steps: int) -> torch.Tensor:

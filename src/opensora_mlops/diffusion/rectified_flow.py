@@ -34,8 +34,7 @@ from opensora_mlops.diffusion.gaussian_diffusion import masked_mean, randn_like
 from opensora_mlops.diffusion.iddpm import (
     ModelFn,
     _check_bool_frame_mask,
-    _check_float_frame_mask,
-    frame_start_steps,
+    conditioning_start_steps,
     guided_output,
 )
 
@@ -230,20 +229,7 @@ class RectifiedFlow:
             raise ValueError(f"noise must be [B, C, T, H, W], got shape {tuple(noise.shape)}")
         batch, channels, frames = noise.shape[:3]
         steps = self.num_sampling_steps
-        start = None
-        if x_cond is not None and x_mask is None:
-            raise ValueError("x_cond was given without x_mask: say which frames it conditions")
-        if x_mask is not None:
-            frame_mask = _check_float_frame_mask(x_mask, batch, frames).to(noise.device)
-            start = frame_start_steps(frame_mask, steps)
-            if bool((start < steps).any()):
-                if x_cond is None:
-                    raise ValueError("x_mask marks conditioned/edited frames but x_cond was not given")
-                if x_cond.shape != noise.shape:
-                    raise ValueError(f"x_cond shape {tuple(x_cond.shape)} differs from noise {tuple(noise.shape)}")
-                x_cond = x_cond.to(device=noise.device, dtype=noise.dtype)
-            else:
-                start = None
+        start, x_cond = conditioning_start_steps(noise, x_cond, x_mask, steps)
         grid = self.sigma_grid()
         x = noise.clone().float()
         frames_view = (batch, 1, frames, 1, 1)
