@@ -405,16 +405,27 @@ def test_vocabulary_frames_show_every_colour_on_every_background() -> None:
 def test_autoencoder_node_options_round_trip_and_fit_on_renders(tmp_path: Path) -> None:
     import pandas as pd
 
+    from opensora_mlops.models.vae import subject_weight_map
     from opensora_mlops.pipelines.autoencoder.nodes import fit_options, fit_vae, training_frames
 
-    params = {"steps": 3, "lr": 5e-4, "batch_size": 2, "crop": 32, "crop_content_bias": 0.5, "cosine_decay": True,
+    params = {"steps": 10, "lr": 5e-4, "batch_size": 2, "crop": 32, "crop_content_bias": 0.5, "cosine_decay": True,
               "warmup_steps": 1, "subject_weight": 3.0, "edge_weight": 0.0, "bf16": False, "seed": 2,
               "vocabulary_frames": 6, "height": 48, "width": 64, "out_dir": str(tmp_path / "vae")}
     options = fit_options(params)
-    assert options == {"steps": 3, "lr": 5e-4, "batch_size": 2, "kl_weight": 1e-6, "seed": 2, "crop": 32,
+    assert options == {"steps": 10, "lr": 5e-4, "batch_size": 2, "kl_weight": 1e-6, "seed": 2, "crop": 32,
                        "crop_content_bias": 0.5, "cosine_decay": True, "warmup_steps": 1, "subject_weight": 3.0,
                        "edge_weight": 0.0, "bf16": False}
     assert training_frames(None, params).shape == (6, 3, 48, 64)
+    # a warm-up longer than a tenth of the fit is capped there (short smoke runs stay valid)
+    assert fit_options({**params, "steps": 40, "warmup_steps": 50})["warmup_steps"] == 4
+    # the renders' subject sizes follow vocabulary_size_range: larger subjects cover more of the frame
+    def subject_share(size_range: list[float]) -> float:
+        frames = training_frames(None, {**params, "vocabulary_frames": 20, "vocabulary_size_range": size_range})
+        return float(subject_weight_map(frames, 1.0, margin=0).sub(1.0).mean())
+
+    assert subject_share([0.5, 0.6]) > 2 * subject_share([0.15, 0.2])
+    with pytest.raises(ConfigError, match="vocabulary_size_range"):
+        training_frames(None, {**params, "vocabulary_size_range": 0.3})
     with pytest.raises(ConfigError, match="subject_wieght"):
         fit_options({**params, "subject_wieght": 1.0})
     with pytest.raises(ConfigError, match="bf16"):

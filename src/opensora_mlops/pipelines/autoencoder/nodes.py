@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 AUTOENCODER_KEYS = ("pretrained", "out_dir", "steps", "lr", "batch_size", "frames_per_clip", "height", "width",
                     "crop", "crop_content_bias", "cosine_decay", "warmup_steps", "subject_weight", "edge_weight",
-                    "vocabulary_frames", "bf16", "arch", "max_clips", "seed", "kl_weight", "micro_batch_size", "video_root")
+                    "vocabulary_frames", "vocabulary_size_range", "bf16", "arch", "max_clips", "seed", "kl_weight", "micro_batch_size", "video_root")
 
 
 def frames_for_fitting(clips: pd.DataFrame, params: dict[str, Any]) -> torch.Tensor:
@@ -42,7 +42,8 @@ def frames_for_fitting(clips: pd.DataFrame, params: dict[str, Any]) -> torch.Ten
 def training_frames(clips: pd.DataFrame | None, params: dict[str, Any]) -> torch.Tensor:
     """The frames the autoencoder is fitted on: ``frames_per_clip`` frames of up to ``max_clips`` curated
     clips, plus ``vocabulary_frames`` renders of the synthetic vocabulary (every colour x shape x
-    background, see :func:`opensora_mlops.models.vae.vocabulary_frames`); ``clips=None``: renders only."""
+    background, subjects sized ``vocabulary_size_range`` of the shorter side, by default the corpus's; see
+    :func:`opensora_mlops.models.vae.vocabulary_frames`); ``clips=None``: renders only."""
     from opensora_mlops.models.vae import vocabulary_frames
 
     parts = [frames_for_fitting(clips, params)] if clips is not None and len(clips) else []
@@ -50,8 +51,13 @@ def training_frames(clips: pd.DataFrame | None, params: dict[str, Any]) -> torch
     if rendered < 0:
         raise ConfigError(f"autoencoder.vocabulary_frames must be >= 0, got {rendered}")
     if rendered:
+        size_range = params.get("vocabulary_size_range")
+        if size_range is not None:
+            if not isinstance(size_range, (list, tuple)) or len(size_range) != 2:
+                raise ConfigError(f"autoencoder.vocabulary_size_range must be [min, max], got {size_range!r}")
+            size_range = (float(size_range[0]), float(size_range[1]))
         parts.append(vocabulary_frames(rendered, int(params.get("height", 144)), int(params.get("width", 256)),
-                                       seed=int(params.get("seed", 0))))
+                                       seed=int(params.get("seed", 0)), size_range=size_range))
     if not parts:
         raise ConfigError("the autoencoder pipeline found no clips to fit on (and autoencoder.vocabulary_frames is 0)")
     return torch.cat(parts)
@@ -59,10 +65,17 @@ def training_frames(clips: pd.DataFrame | None, params: dict[str, Any]) -> torch
 
 def fit_options(params: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of :func:`~opensora_mlops.models.vae.fit_autoencoder` the parameters ask for
-    (the defaults here are the library's, not the embedded demo's: those are in parameters_autoencoder.yml)."""
+    (the defaults here are the library's, not the embedded demo's: those are in parameters_autoencoder.yml).
+    ``warmup_steps`` is capped at a tenth of ``steps``."""
     check_keys(params, AUTOENCODER_KEYS, "autoencoder parameters")
+    steps = int(params.get("steps", 200))
+    warmup = int(params.get("warmup_steps", 0))
+    if warmup > steps // 10:
+        # a warm-up is a small part of a fit; capping it keeps short runs (tests, smoke runs) valid
+        logger.info("autoencoder: warmup_steps %d capped at a tenth of the %d steps", warmup, steps)
+        warmup = steps // 10
     return {
-        "steps": int(params.get("steps", 200)),
+        "steps": steps,
         "lr": float(params.get("lr", 1e-3)),
         "batch_size": int(params.get("batch_size", 8)),
         "kl_weight": float(params.get("kl_weight", 1e-6)),
@@ -70,7 +83,7 @@ def fit_options(params: dict[str, Any]) -> dict[str, Any]:
         "crop": int(params["crop"]) if params.get("crop") else None,
         "crop_content_bias": float(params.get("crop_content_bias", 0.0)),
         "cosine_decay": bool(params.get("cosine_decay", False)),
-        "warmup_steps": int(params.get("warmup_steps", 0)),
+        "warmup_steps": warmup,
         "subject_weight": float(params.get("subject_weight", 0.0)),
         "edge_weight": float(params.get("edge_weight", 0.0)),
         "bf16": _bf16(params.get("bf16", False)),
