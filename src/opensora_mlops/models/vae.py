@@ -22,9 +22,11 @@ silently floor the size, losing up to ``f - 1`` pixels), so the latent grid is `
 For the embedded default the platform trains its own small autoencoder: :meth:`VideoAutoencoder.tiny`
 builds one with SD's geometry (8×, 4 channels) at a fraction of the width (by default the norm-free
 TAESD layout, see :data:`TINY_AUTOENCODER_CONFIGS`), and :func:`fit_autoencoder` trains it on video
-frames (L1 + MSE reconstruction, plus a small KL term for AutoencoderKL) and calibrates the latent
-normalisation so every channel is zero-mean with unit standard deviation (Stability calibrated one
-global scale, 0.18215).
+frames and calibrates the latent normalisation so every channel is zero-mean with unit standard
+deviation (Stability calibrated one global scale, 0.18215).  The loss is L1 + MSE reconstruction, plus a
+small KL term for AutoencoderKL; optionally subject pixels are weighted up (:func:`subject_weight_map`)
+and image gradients compared (:func:`reconstruction_loss`).  The frames can include renders of the
+synthetic corpus's whole vocabulary (:func:`vocabulary_frames`).
 """
 
 from __future__ import annotations
