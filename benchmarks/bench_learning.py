@@ -40,20 +40,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from opensora_mlops.diffusion import build_scheduler, load_scheduler_config  # noqa: E402
 from opensora_mlops.evaluation.learning import diagnostic_batch, learning_report  # noqa: E402
-from opensora_mlops.training.latents import LatentCache  # noqa: E402
+from opensora_mlops.training.latents import LatentCache, training_conditions  # noqa: E402
 
 OBJECTIVES: dict[str, dict[str, Any]] = {
     "eps": {"type": "iddpm", "prediction": "epsilon"},
     "v": {"type": "iddpm", "prediction": "v"},
     "rflow": {"type": "rflow"},
 }
-
-
-def training_conditions(cache: LatentCache) -> dict[str, float]:
-    index = cache.index
-    videos = index[index["bucket_num_frames"] > 1] if (index["bucket_num_frames"] > 1).any() else index
-    h, w, t = videos.groupby(["bucket_height", "bucket_width", "bucket_num_frames"]).size().idxmax()
-    return {"fps": float(videos["fps"].median()), "height": int(h), "width": int(w), "num_frames": int(t)}
 
 
 ADHERENCE_FIELDS = ("background_ok", "background_stable", "colour_ok", "shape_ok", "direction_ok", "adherence",
@@ -126,7 +119,7 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads)
     cache = LatentCache(args.cache)
     batch = diagnostic_batch(cache, args.batch)
-    cond = training_conditions(cache)
+    cond = training_conditions(cache.index)
     prompts = sorted(cache.index.loc[cache.index["bucket_num_frames"] > 1, "text"].unique())[: args.prompts]
     vae = VideoAutoencoder.from_pretrained(args.vae) if args.vae else None
     encoder = build_text_encoder(json.loads(args.text_encoder))

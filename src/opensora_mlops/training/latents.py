@@ -110,6 +110,15 @@ def window_of(seed: int, epoch: int, row: int, num_windows: int) -> int:
     return int(order[position])
 
 
+def training_conditions(index: pd.DataFrame) -> dict[str, float | int]:
+    """The micro-conditions a cache's rows train on: median fps and the most common video bucket
+    (height, width, frames); images count only when the cache holds no video."""
+    videos = index[index["bucket_num_frames"] > 1] if (index["bucket_num_frames"] > 1).any() else index
+    height, width, frames = videos.groupby(["bucket_height", "bucket_width", "bucket_num_frames"]).size().idxmax()
+    return {"fps": float(videos["fps"].median()), "height": int(height), "width": int(width),
+            "num_frames": int(frames)}
+
+
 class LatentCache:
     """Cached latents + text embeddings of one stage; ``get(rows, windows)`` stacks one bucket's batch."""
 

@@ -169,21 +169,18 @@ def tracking_callback(stage: str, data_version: str | None = None, flush_every: 
     return callback
 
 
-def training_conditions(latent_cache: dict[str, Any]) -> dict[str, float] | None:
+def training_conditions(latent_cache: dict[str, Any]) -> dict[str, float | int] | None:
     """The micro-conditions the stage trained on (median fps, most common video bucket size and length).
 
     Evaluation and export sample with these: a model asked for 8 fps when it only ever saw 24-30 is
     being asked something it never learned.
     """
-    from opensora_mlops.training.latents import INDEX_FILE
+    from opensora_mlops.training import latents
 
     if latent_cache.get("source", "cache") != "cache" or not latent_cache.get("train_dir"):
         return None
-    index = pd.read_parquet(Path(latent_cache["train_dir"]) / INDEX_FILE)  # the index alone, not the tensors
-    videos = index[index["bucket_num_frames"] > 1] if (index["bucket_num_frames"] > 1).any() else index
-    size = videos.groupby(["bucket_height", "bucket_width", "bucket_num_frames"]).size().idxmax()
-    return {"fps": float(videos["fps"].median()), "height": float(size[0]), "width": float(size[1]),
-            "num_frames": float(size[2])}
+    # the index alone, not the tensors
+    return latents.training_conditions(pd.read_parquet(Path(latent_cache["train_dir"]) / latents.INDEX_FILE))
 
 
 def _init_from(stage_settings_: dict[str, Any], init_model: dict[str, Any] | None) -> str | None:
