@@ -7,6 +7,7 @@ import argparse
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,19 @@ def test_a_missing_model_is_a_one_line_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert re.search(r"opensora-mlops generate: error: .*nowhere", err)
+
+
+def test_demo_seed_reaches_the_training_parameters():
+    """`demo --seed N` is `--params training_shared.seed=N`: the Kedro context the demo creates sees it,
+    and everything else in training_shared keeps its configured value."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    args = build_parser().parse_args(["demo", "--seed", "3"])
+    assert args.seed == 3 and build_parser().parse_args(["demo"]).seed is None
+    project = Path(__file__).resolve().parents[1]
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, runtime_params={"training_shared": {"seed": args.seed}}) as s:
+        params = s.load_context().params
+    assert params["training_shared"]["seed"] == 3
+    assert params["training_shared"]["scheduler"]["prediction"] == "v"

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the project folder, with pyproject.toml and conf/ (default: the current folder)")
     demo.add_argument("--env", default=None,
                       help="configuration environment under conf/, e.g. cluster (default: local, on top of base)")
+    demo.add_argument("--seed", type=int, default=None,
+                      help="training seed: initialisation, data order and noise of stages 1-3, as "
+                           "`--params training_shared.seed=N` (default: the configured training_shared.seed)")
     return parser
 
 
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from opensora_mlops.pipelines.demo import run_demo
 
-            print(run_demo(args.project_path, env=args.env))
+            print(run_demo(args.project_path, env=args.env, seed=args.seed))
     except (GenerationError, ConfigError, FileNotFoundError) as error:
         print(f"opensora-mlops {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -59,7 +59,7 @@ def _adherence_lines(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def summarise(project: Path, seconds: float, peak_gib: float) -> str:
+def summarise(project: Path, seconds: float, peak_gib: float, seed: int | None = None) -> str:
     """A human summary of a finished default run: report, samples, model, MLflow, scores."""
     data = project / "data"
     metrics = _read_json(data / "08_reporting/evaluation/metrics.json")
@@ -67,7 +67,8 @@ def summarise(project: Path, seconds: float, peak_gib: float) -> str:
     registration = _read_json(data / "08_reporting/export/registration.json")
     lines = [
         "",
-        f"opensora-mlops demo finished in {seconds / 60:.1f} min (peak memory {peak_gib:.2f} GiB)",
+        f"opensora-mlops demo finished in {seconds / 60:.1f} min (peak memory {peak_gib:.2f} GiB)"
+        + (f", training seed {seed}" if seed is not None else ""),
         f"  report          {data / '08_reporting/evaluation/index.html'}",
         f"  exported model  {data / '06_models/export'}",
     ]
@@ -107,8 +108,9 @@ def record_dvc_lock(project: Path) -> bool:
     return True
 
 
-def run_demo(project_path: str | os.PathLike = ".", env: str | None = None) -> str:
-    """Run the default pipeline in ``project_path`` and return the printed summary."""
+def run_demo(project_path: str | os.PathLike = ".", env: str | None = None, seed: int | None = None) -> str:
+    """Run the default pipeline in ``project_path`` and return the printed summary. ``seed`` overrides
+    ``training_shared.seed`` (as ``kedro run --params training_shared.seed=N`` would)."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
@@ -120,7 +122,8 @@ def run_demo(project_path: str | os.PathLike = ".", env: str | None = None) -> s
         os.environ.setdefault(key, value)
     bootstrap_project(project)
     started = time.perf_counter()
-    with KedroSession.create(project_path=project, env=env) as session:
+    runtime_params = {"training_shared": {"seed": int(seed)}} if seed is not None else None
+    with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params) as session:
         session.run(pipeline_names=["__default__"])
     record_dvc_lock(project)
-    return summarise(project, time.perf_counter() - started, _peak_rss_gib())
+    return summarise(project, time.perf_counter() - started, _peak_rss_gib(), seed=seed)
