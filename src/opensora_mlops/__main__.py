@@ -58,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from opensora_mlops.config import ConfigError
-    from opensora_mlops.inference.generate import GenerationError
+    from opensora_mlops.errors import expected_error, want_traceback
 
     args = build_parser().parse_args(argv)
     try:
@@ -72,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             from opensora_mlops.pipelines.demo import run_demo
 
             print(run_demo(args.project_path, env=args.env, seed=args.seed))
-    except (GenerationError, ConfigError, FileNotFoundError) as error:
-        print(f"opensora-mlops {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        # an input or settings problem (opensora_mlops.errors) is one message; a bug keeps its traceback
+        user_error = error if isinstance(error, FileNotFoundError) else expected_error(error)
+        if user_error is None or want_traceback():
+            raise
+        print(f"opensora-mlops {args.command}: error: {user_error}", file=sys.stderr)
         return 2
     return 0
 

@@ -491,3 +491,40 @@ def _log_params(flat: dict[str, str]) -> None:
     items = sorted(flat.items())
     for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
         mlflow.log_params(dict(items[start : start + 100]))
+
+
+class ShortErrorHooks:
+    """An expected error (``opensora_mlops.errors.EXPECTED_ERRORS``: bad settings, a broken data
+    contract, footage without captions, a stage without a full batch …) ends ``kedro run`` with its
+    message and the failed node, not a traceback through Kedro's runner. It works through the
+    interpreter's last step: the error leaves ``kedro run`` uncaught and ``sys.excepthook`` prints it,
+    so this hook replaces the excepthook (Kedro's rich one) for that one error only; any other
+    exception, and every error with ``OPENSORA_TRACEBACK=1``, keeps the full traceback."""
+
+    def __init__(self) -> None:
+        self.failed_node: str | None = None
+
+    @hook_impl
+    def on_node_error(self, error: Exception, node, catalog, inputs: dict[str, Any], is_async: bool,
+                      run_id: str) -> None:
+        self.failed_node = node.name
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline, catalog) -> None:
+        import sys
+
+        from opensora_mlops.errors import expected_error, short_message, want_traceback
+
+        user_error = expected_error(error)
+        if user_error is None or want_traceback():
+            return
+        message = short_message(user_error, f"node '{self.failed_node}'" if self.failed_node else None)
+        previous = sys.excepthook
+
+        def print_short(kind, value, traceback) -> None:
+            if value is error or expected_error(value) is user_error:
+                print(f"kedro run: {message}", file=sys.stderr)
+            else:
+                previous(kind, value, traceback)
+
+        sys.excepthook = print_short

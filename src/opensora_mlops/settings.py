@@ -2,7 +2,7 @@
 
 from kedro.config import OmegaConfigLoader
 
-from opensora_mlops.hooks import MLflowHooks
+from opensora_mlops.hooks import MLflowHooks, ShortErrorHooks
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -13,8 +13,9 @@ CONFIG_LOADER_ARGS = {
     # an environment (conf/cluster, conf/local) overrides single parameter keys, not whole blocks
     "merge_strategy": {"parameters": "soft"},
 }
-# MLflow tracking: one parent run per `kedro run`, one nested run per training stage (see hooks.py)
-HOOKS: tuple = (MLflowHooks(),)
+# MLflow tracking: one parent run per `kedro run`, one nested run per training stage (see hooks.py);
+# expected errors (opensora_mlops.errors) end a run with their message instead of a traceback
+HOOKS: tuple = (MLflowHooks(), ShortErrorHooks())
 # Tracking is this project's own hooks; a kedro-mlflow installed in the same environment must not
 # open a second set of runs.
 DISABLE_HOOKS_FOR_PLUGINS: tuple = ("kedro-mlflow", "kedro_mlflow")
