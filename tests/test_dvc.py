@@ -127,6 +127,32 @@ def test_dependencies_cover_the_code_the_pipeline_runs(stage):
     assert not missing, f"{stage} runs code dvc.yaml does not list as its dependency: {missing}"
 
 
+def _covered_parameters(stage: str) -> list[str]:
+    """The parameter keys dvc.yaml makes ``stage`` depend on: a whole file's top-level keys, or the keys
+    listed under it."""
+    covered = []
+    for entry in _dvc_yaml()["stages"][stage].get("params", []):
+        for file, keys in (entry.items() if isinstance(entry, dict) else [(entry, None)]):
+            covered += list(keys) if keys else list(yaml.safe_load((ROOT / file).read_text()) or {})
+    return covered
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_parameter_dependencies_cover_the_parameters_the_pipeline_reads(stage):
+    """Change a parameter a pipeline's nodes read and DVC must rerun that pipeline's stage."""
+    from kedro.framework.startup import bootstrap_project
+
+    from opensora_mlops.pipeline_registry import register_pipelines
+
+    bootstrap_project(ROOT)
+    read = sorted({name.removeprefix("params:") for name in register_pipelines()[stage].inputs()
+                   if name.startswith("params:")})
+    covered = _covered_parameters(stage)
+    missing = [key for key in read
+               if not any(key == c or key.startswith(c + ".") or c.startswith(key + ".") for c in covered)]
+    assert read and not missing, f"{stage} reads parameters dvc.yaml does not list: {missing}"
+
+
 def _catalog_paths(names: list[str]) -> list[str]:
     from kedro.config import OmegaConfigLoader
     from kedro.io import DataCatalog
