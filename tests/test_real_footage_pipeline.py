@@ -27,6 +27,7 @@ from footage import (
     write_clip,
     write_timed,
 )
+from opensora_mlops.training import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = {
@@ -162,6 +163,17 @@ def test_folder_of_real_footage_end_to_end(project, footage):
     from opensora_mlops.training.preflight import check_stage_batches
 
     check_stage_batches(check_bucket_table(table), "stage1")
+
+    # ... and a short stage 1 on these clips (the tiny VAE and model: the footage, not the model, is tested)
+    (project / "data/06_models").mkdir(parents=True, exist_ok=True)
+    (project / "data/06_models/vae.json").write_text(json.dumps({"type": "tiny"}))
+    training = {"training_shared": {"model": dict(tiny.TINY_MODEL), "sample_every": 0, "threads": 1},
+                "stage1": {"training": {"max_steps": 2, "ckpt_every": 2}}}
+    _run(project, "stage1", params | training)
+    model = json.loads((project / "data/06_models/stage1.json").read_text())
+    assert model["steps"] == 2
+    validation = json.loads((project / "data/08_reporting/stage1/validation_metrics.json").read_text())
+    assert np.isfinite(validation["val_loss"])
 
     # 4. one caption edited: re-ingest and re-curate; the clips are not re-cut, the text is new
     mtimes = {p: os.stat(p).st_mtime_ns for p in clips["path"]}
