@@ -149,6 +149,7 @@ def test_pipeline_wiring():
         "stage2.latent_cache",
         "stage3.latent_cache",
         "params:evaluation",
+        "params:export",  # the registered model whose champion the report's verdict compares with
     }
     assert "evaluation_metrics" in pipeline.all_outputs()
 
@@ -242,6 +243,15 @@ def test_evaluation_nodes_end_to_end(tmp_path, mlflow_sqlite_store, stage_model,
 
     assert all(type(v) is float for v in leaves(metrics))  # DVC metrics: numbers only
     html = Path(report["html"]).read_text(encoding="utf-8")
+    # the report opens with the verdict; without tracking there is no run and no champion
+    assert html[html.index("<body>") + len("<body>"):].lstrip().startswith("<header id='verdict'")
+    verdict_section = html[: html.index("</header>")]
+    assert "Trained vs untrained model: <strong>" in verdict_section
+    assert "paired bootstrap over prompts, 2 prompts" in verdict_section
+    assert "Trained vs champion: no champion yet." in verdict_section
+    assert "No MLflow run (tracking disabled)" in verdict_section
+    assert report["verdict"]["champion"] == "no champion yet"
+    assert report["verdict"]["untrained"] in ("better", "not better")
     for text in (
         "VBench-style dimensions",
         "Methods",
@@ -278,6 +288,29 @@ def test_evaluation_nodes_end_to_end(tmp_path, mlflow_sqlite_store, stage_model,
     assert "evaluation_report/index.html" in {a.path for a in artifacts}
     # without an active run (tracking disabled) the node logs nothing and does not fail
     nodes.log_to_mlflow(metrics, report)
+
+    # with tracking and a registered champion, the verdict compares with it and links the run
+    from opensora_mlops.pipelines.export.registry import annotate_and_alias
+
+    client = mlflow.MlflowClient()
+    client.create_registered_model("eval-champion")
+    source = tmp_path / "champion_model"
+    source.mkdir()
+    champion_version = client.create_model_version("eval-champion", source.as_uri(), run_id=parent.info.run_id)
+    annotate_and_alias(client, "eval-champion", str(champion_version.version), "card",
+                       {**flat, "adherence.trained.adherence": 1.0, "adherence.trained.adherence_low": 1.0,
+                        "adherence.trained.adherence_high": 1.0}, {})
+    with mlflow.start_run(experiment_id=experiment, run_name="kedro run evaluation") as tracked:
+        mlflow.set_tag("git_commit", "feedc0de")
+        _, report = nodes.build_report(samples, scores, adherence, val_loss, params,
+                                       {"registered_model_name": "eval-champion"})
+    verdict_section = Path(report["html"]).read_text(encoding="utf-8").split("</header>")[0]
+    assert "Trained vs champion eval-champion v1: <strong>" in verdict_section
+    assert "trained − champion (95% CI)" in verdict_section
+    assert f"/#/experiments/{experiment}/runs/{tracked.info.run_id}'>{tracked.info.run_id}</a>" in verdict_section
+    assert "feedc0de" in verdict_section
+    assert report["verdict"]["champion"] == "not better"  # a champion at 1.0 cannot be beaten
+    assert "NOT BETTER" in verdict_section
     mlflow.set_tracking_uri("")
 
 

@@ -245,8 +245,27 @@ def test_pyfunc_round_trip_through_the_registry(components, tmp_path, mlflow_sql
         )
         assert nodes.register_model(manifest, params)["registered"] is False  # no active run: nothing logged
         with mlflow.start_run(experiment_id=experiment, run_name="kedro run export"):
+            mlflow.set_tag("git_commit", "0123abc")  # what the project's hooks tag the parent run with
             registration = nodes.register_model(manifest, params)
         assert registration["registered"] and registration["model_uri"] == "models:/opensora-tiny-test/1"
+        # the first version: the champion, described by its model card, scores and provenance as tags
+        assert registration["alias"] == "champion" and "no champion yet" in registration["reason"]
+        assert registration["alias_uri"] == "models:/opensora-tiny-test@champion"
+        client = mlflow.MlflowClient()
+        version = client.get_model_version_by_alias("opensora-tiny-test", "champion")
+        assert version.version == 1 and version.run_id == registration["run_id"]
+        assert version.description == (tmp_path / "export" / "README.md").read_text(encoding="utf-8")
+        assert "## Evaluation" in version.description
+        assert version.tags["eval.adherence.trained.adherence"] == "0.5"
+        assert version.tags["eval.vbench.trained.imaging_quality"] == "0.7"
+        assert {k: version.tags[k] for k in ("stage", "steps", "git_commit", "source_run_id")} == {
+            "stage": "stage3", "steps": "30", "git_commit": "0123abc", "source_run_id": registration["run_id"]}
+        # the source run (the nested export run) carries the scores as metrics and the export params
+        source = client.get_run(registration["run_id"])
+        assert source.data.metrics == {"adherence.trained.adherence": 0.5, "vbench.trained.imaging_quality": 0.7}
+        assert source.data.params.items() >= {"stage": "stage3", "steps": "30", "git_commit": "0123abc",
+                                              "model_name": "opensora-tiny-test",
+                                              "registered_model_name": "opensora-tiny-test"}.items()
 
         model = mlflow.pyfunc.load_model(registration["model_uri"])
         out_dir = served / "generated"

@@ -11,6 +11,7 @@ fails with the install command rather than skipping, so a missing browser can't 
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -33,6 +34,8 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 STAGES = ("stage1", "stage2", "stage3")
 PARENT = "kedro-run-stage1-stage2-stage3"
 METRIC = "train_loss"
+MODEL = "opensora-mlops-ui-check"
+CARD = "# opensora-mlops-ui-check\n\nAn ST-DiT-2 text-to-video diffusion model (UI check card).\n"
 SERVER_START_TIMEOUT_S = 180
 
 
@@ -80,6 +83,21 @@ def _log_runs(tracking_uri: str, artifact_root: Path) -> dict[str, str]:
     return ids
 
 
+def _register_version(tracking_uri: str, run_id: str, artifact_root: Path) -> str:
+    """A registered version described, tagged and aliased by the export's registry code; returns it."""
+    from opensora_mlops.evaluation.verdict import HEADLINE_SCORE
+    from opensora_mlops.pipelines.export.registry import annotate_and_alias
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client.create_registered_model(MODEL)
+    source = artifact_root / "model"
+    source.mkdir(parents=True, exist_ok=True)
+    version = str(client.create_model_version(MODEL, source.as_uri(), run_id=run_id).version)
+    annotate_and_alias(client, MODEL, version, CARD, {HEADLINE_SCORE: 0.4375, "vbench.trained.color": 0.75},
+                       {"stage": "stage3", "steps": "30"})
+    return version
+
+
 def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -99,10 +117,12 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def mlflow_ui(tmp_path_factory, mlflow_sqlite_store):
-    """(base URL, {run name: run id}, experiment id) of a live ``mlflow server`` over fresh runs."""
+    """(base URL, {run name: run id}, experiment id, registered version of MODEL) of a live ``mlflow
+    server`` over fresh runs."""
     root = tmp_path_factory.mktemp("mlflow_ui")
     tracking_uri = mlflow_sqlite_store(root / "mlflow.db")
     ids = _log_runs(tracking_uri, root / "artifacts")
+    version = _register_version(tracking_uri, ids["stage3"], root / "artifacts")
     experiment_id = mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(ids[PARENT]).info.experiment_id
     port = _free_port()
     log = root / "server.log"
@@ -133,7 +153,7 @@ def mlflow_ui(tmp_path_factory, mlflow_sqlite_store):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process, log)
-        yield url, ids, experiment_id
+        yield url, ids, experiment_id, version
     finally:
         # the server runs uvicorn in child processes: end the whole session we started
         try:
@@ -177,9 +197,9 @@ def _dump_dom(url: str, profile: Path) -> str:
     return result.stdout
 
 
-def _visible_text(html: str) -> str:
-    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", html, flags=re.S)
-    return " ".join(re.sub(r"<[^>]+>", " ", text).split())
+def _visible_text(dom: str) -> str:
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
 
 
 def _compare_url(base: str, ids: dict[str, str], experiment_id: str) -> str:
@@ -189,7 +209,7 @@ def _compare_url(base: str, ids: dict[str, str], experiment_id: str) -> str:
 
 
 def test_compare_page_renders_parent_and_stage_runs_with_metrics(mlflow_ui, tmp_path):
-    base, ids, experiment_id = mlflow_ui
+    base, ids, experiment_id, _ = mlflow_ui
     text = _visible_text(_dump_dom(_compare_url(base, ids, experiment_id), tmp_path / "profile"))
     # the React app rendered (the static shell only says to enable JavaScript)
     assert f"Comparing {len(ids)} Runs" in text, text[:2000]
@@ -199,7 +219,7 @@ def test_compare_page_renders_parent_and_stage_runs_with_metrics(mlflow_ui, tmp_
 
 
 def test_stage_run_page_links_its_parent_and_shows_metrics(mlflow_ui, tmp_path):
-    base, ids, experiment_id = mlflow_ui
+    base, ids, experiment_id, _ = mlflow_ui
     url = f"{base}/#/experiments/{experiment_id}/runs/{ids['stage2']}"
     text = _visible_text(_dump_dom(url, tmp_path / "profile"))
     assert "stage2" in text
@@ -209,7 +229,7 @@ def test_stage_run_page_links_its_parent_and_shows_metrics(mlflow_ui, tmp_path):
 
 
 def test_screenshot_of_compare_page_is_a_real_render(mlflow_ui, tmp_path):
-    base, ids, experiment_id = mlflow_ui
+    base, ids, experiment_id, _ = mlflow_ui
     screenshot = tmp_path / "mlflow_compare_runs.png"
     result = subprocess.run(
         [
@@ -234,3 +254,35 @@ def test_screenshot_of_compare_page_is_a_real_render(mlflow_ui, tmp_path):
     reporting = Path(__file__).resolve().parents[1] / "data" / "08_reporting"
     if reporting.is_dir():
         shutil.copyfile(screenshot, reporting / "mlflow_ui_compare_runs.png")
+
+
+def test_registered_version_page_shows_card_alias_and_score_tags(mlflow_ui, tmp_path):
+    """The export's registry entry as the MLflow UI shows it: the model card as description, the
+    ``champion`` alias, the evaluation scores and provenance as tags; and a screenshot of that page."""
+    base, ids, _, version = mlflow_ui
+    url = f"{base}/#/models/{MODEL}/versions/{version}"
+    text = _visible_text(_dump_dom(url, tmp_path / "profile"))
+    assert f"Version {version}" in text, text[:2000]
+    assert "An ST-DiT-2 text-to-video diffusion model (UI check card)." in text, text[:3000]
+    assert re.search(r"Aliases\s*:?\s*@\s*champion", text), text[:3000]
+    for tag, value in (("eval.adherence.trained.adherence", "0.4375"), ("eval.vbench.trained.color", "0.75"),
+                       ("stage", "stage3"), ("promotion.alias", "champion")):
+        assert re.search(rf"{re.escape(tag)}\s+{re.escape(value)}\b", text), (tag, text[:3000])
+    assert "first registered version: no champion yet" in text
+
+    screenshot = tmp_path / "mlflow_model_version.png"
+    result = subprocess.run(
+        [*_chromium_args(tmp_path / "profile"), f"--screenshot={screenshot}", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert screenshot.stat().st_size > 0 and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(screenshot) as image:
+        pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    assert pixels.std() > 10.0 and len(np.unique(pixels)) > 32  # a rendered page, not a blank one
+    reporting = Path(__file__).resolve().parents[1] / "data" / "08_reporting"
+    if reporting.is_dir():
+        shutil.copyfile(screenshot, reporting / "mlflow_ui_model_version.png")

@@ -1,5 +1,10 @@
 """The evaluation report: an HTML page with sample GIFs, score tables and matplotlib plots (PNG).
 
+The page opens with the verdict (:mod:`opensora_mlops.evaluation.verdict`): the trained model against
+the untrained one and the registered champion, per attribute, each difference with its 95% interval;
+a difference whose interval includes 0 or lies below it is marked NOT BETTER in red (CSS class
+``not-better``). Then the run id, git commit and a link to the MLflow run.
+
 Everything is written under one directory (``data/08_reporting/evaluation`` by default) with relative
 links, so the folder can be opened in a browser, logged to MLflow as an artifact or versioned by DVC.
 """
@@ -19,6 +24,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from opensora_mlops.evaluation.verdict import (  # noqa: E402
+    HEADLINE_METRIC,
+    VERDICT_METRICS,
+    Comparison,
+    Difference,
+    Verdict,
+    evaluation_verdict,
+)
 
 #: Adherence metrics in the order the report and the demo summary show them, with their labels.
 ADHERENCE_ROWS: dict[str, str] = {
@@ -47,7 +61,8 @@ class ReportContent:
     metric_low, metric_high, "n", "prompts"}} (a metric without _low/_high is shown without interval),
     ``adherence_splits``: {split name: the same for that split's prompts}; ``chance``: {metric: score of
     a uniform guess}; ``splits``: {split: prompts}; ``val_loss``: rows ``group, range_start, range_end,
-    timestep, loss`` (and ``x0_mse``); ``notes``: free text lines."""
+    timestep, loss`` (and ``x0_mse``); ``notes``: free text lines; ``verdict``: the header (None: one
+    computed from ``adherence`` alone, without the champion or the per-prompt pairing)."""
 
     title: str
     vbench: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -63,6 +78,7 @@ class ReportContent:
     samples: list[SampleGif] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    verdict: Verdict | None = None
 
 
 def _grouped_bars(
@@ -194,6 +210,83 @@ def _html_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str], f
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _difference_cell(diff: Difference | None) -> str:
+    if diff is None:
+        return "<td>n/a</td>"
+    text = f"{diff.estimate:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
+    if diff.better:
+        return f"<td class='better'>{text}</td>"
+    why = " (1 prompt: no interval)" if diff.prompts < 2 else ""
+    return f"<td class='not-better'>{text} <strong>NOT BETTER</strong>{why}</td>"
+
+
+def _comparison_line(comparison: Comparison) -> str:
+    label = html.escape(comparison.label)
+    if not comparison.available:
+        return f"<p class='comparison'>Trained vs {label}: {html.escape(comparison.note)}.</p>"
+    headline = comparison.differences.get(HEADLINE_METRIC)
+    if headline is None:
+        return f"<p class='comparison'>Trained vs {label}: no {HEADLINE_METRIC} score to compare.</p>"
+    word, css = ("BETTER", "better") if comparison.better else ("NOT BETTER", "not-better")
+    return (
+        f"<p class='comparison {css}'>Trained vs {label}: <strong>{word}</strong> — {HEADLINE_METRIC} "
+        f"{headline.estimate:+.3f} [{headline.low:+.3f}, {headline.high:+.3f}] "
+        f"({html.escape(headline.method)}, {headline.prompts} prompts)</p>"
+    )
+
+
+def verdict_html(verdict: Verdict, title: str) -> str:
+    """The report's opening section: the title, one line per baseline, the per-attribute table and the run."""
+    pct = f"{verdict.confidence:.0%}"
+    parts = [
+        "<header id='verdict' class='verdict'>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<h2>Verdict</h2>",
+        *(_comparison_line(c) for c in verdict.comparisons),
+    ]
+    if verdict.trained:
+        columns = [("trained", verdict.trained), ("untrained", verdict.untrained)]
+        if verdict.champion:
+            columns.append((verdict.champion_label or "champion", verdict.champion))
+        available = [c for c in verdict.comparisons if c.available]
+        head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in columns)
+        head += "".join(f"<th>trained − {html.escape(c.name)} ({pct} CI)</th>" for c in available)
+        rows = []
+        for metric in VERDICT_METRICS:
+            if metric not in verdict.trained:
+                continue
+            cells = "".join(f"<td>{format_interval(values, metric, 3)}</td>" for _, values in columns)
+            cells += "".join(_difference_cell(c.differences.get(metric)) for c in available)
+            rows.append(f"<tr><th>{html.escape(ADHERENCE_ROWS.get(metric, metric))}</th>{cells}</tr>")
+        parts.append(f"<table class='verdict-table'><thead><tr><th>prompt adherence</th>{head}</tr></thead>"
+                     f"<tbody>{''.join(rows)}</tbody></table>")
+        methods = "; ".join(
+            f"trained − {c.name}: " + ", ".join(sorted({d.method for d in c.differences.values()}))
+            for c in available
+        )
+        parts.append(
+            f"<p class='method'>Differences: trained minus baseline with a {pct} bootstrap interval ("
+            + html.escape(methods or "none")
+            + "). BETTER only when the whole interval lies above 0, over at least 2 prompts.</p>"
+        )
+    run = verdict.run
+    if run.get("run_id"):
+        link = (f"<a href='{html.escape(run['url'])}'>{html.escape(run['run_id'])}</a>" if run.get("url")
+                else html.escape(run["run_id"]))
+        uri = run.get("tracking_uri") or ""
+        store = f" (tracking URI {html.escape(uri)}" if uri else ""
+        if uri and not uri.startswith(("http://", "https://")):
+            store += f"; the link opens once <code>mlflow ui --backend-store-uri {html.escape(uri)}</code> runs"
+        store += ")" if uri else ""
+        parts.append(f"<p class='run'>MLflow run {link}{store} · git commit "
+                     f"<code>{html.escape(run.get('git_commit') or 'unknown')}</code></p>")
+    else:
+        parts.append("<p class='run'>No MLflow run (tracking disabled) · git commit "
+                     f"<code>{html.escape(run.get('git_commit') or 'unknown')}</code></p>")
+    parts.append("</header>")
+    return "\n".join(parts)
+
+
 def write_report(content: ReportContent, out_dir: str | Path) -> dict[str, str]:
     """Write ``index.html`` and the plots under ``out_dir``; returns {name: path} of what was written."""
     out = Path(out_dir)
@@ -205,8 +298,10 @@ def write_report(content: ReportContent, out_dir: str | Path) -> dict[str, str]:
         "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
         "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
         ".gifs{display:flex;flex-wrap:wrap;gap:12px}.gifs figure{margin:0;width:200px}"
-        ".gifs img{width:200px;image-rendering:pixelated}figcaption{font-size:11px}</style></head><body>",
-        f"<h1>{html.escape(content.title)}</h1>",
+        ".gifs img{width:200px;image-rendering:pixelated}figcaption{font-size:11px}"
+        ".verdict{border-bottom:2px solid #444;margin-bottom:1.5em}.better{color:#1b5e20}"
+        ".not-better{color:#b00020;background:#fde7e9}</style></head><body>",
+        verdict_html(content.verdict or evaluation_verdict(content.adherence), content.title),
     ]
     if content.vbench:
         written["vbench_plot"] = str(

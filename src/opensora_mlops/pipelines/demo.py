@@ -74,6 +74,8 @@ def summarise(project: Path, seconds: float, peak_gib: float, seed: int | None =
     ]
     if registration.get("model_uri"):
         lines.append(f"  MLflow model    {registration['model_uri']}")
+        if registration.get("alias"):
+            lines.append(f"                  alias {registration['alias']}: {registration.get('reason', '')}")
     lines.append("  sample videos")
     lines += [f"    {path}" for path in samples] or ["    (none)"]
     adherence = _adherence_lines(metrics)

@@ -13,8 +13,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from opensora_mlops.evaluation import evaluate, prompt_adherence
+from opensora_mlops.evaluation import evaluate, prompt_adherence, verdict
 from opensora_mlops.evaluation.report import ReportContent, SampleGif, write_report
+from opensora_mlops.export import ExportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +102,64 @@ def validation_loss(
                                           scheduler=stage_model.get("scheduler"))
 
 
+def run_info() -> dict[str, str]:
+    """The active MLflow run for the report header: ``run_id``, ``experiment_id``, ``tracking_uri``, ``url``
+    and ``git_commit`` (the ``kedro run`` parent's tag, set by the project's hooks); {} without a run."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return {}
+    client = mlflow.MlflowClient()
+    tags = client.get_run(run.info.run_id).data.tags
+    parent = tags.get("mlflow.parentRunId")
+    commit = tags.get("git_commit") or (client.get_run(parent).data.tags.get("git_commit") if parent else None)
+    uri = mlflow.get_tracking_uri()
+    return {
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "tracking_uri": uri,
+        "url": verdict.mlflow_run_url(uri, run.info.experiment_id, run.info.run_id),
+        "git_commit": commit or "unknown",
+    }
+
+
+def champion(export_params: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The registered model's ``champion`` version (``name``, ``version``, ``scores`` from its ``eval.*``
+    tags), or None: no export parameters, no active MLflow run (tracking disabled), no such model or
+    alias, or a registry that does not answer (logged)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from opensora_mlops.pipelines.export.registry import champion_version
+
+    if export_params is None or mlflow.active_run() is None:
+        return None
+    config = ExportConfig.from_dict(export_params)
+    name = config.registered_model_name or config.model_name
+    try:
+        found = champion_version(mlflow.MlflowClient(), name)
+    except MlflowException as error:
+        logger.warning("evaluation: cannot read the champion of %s from the registry: %s", name, error)
+        return None
+    if found is None:
+        return None
+    return {"name": name, "version": found[0], "scores": verdict.scores_from_tags(found[1])}
+
+
 def build_report(
     samples: dict[str, Any],
     scores: dict[str, Any],
     adherence: pd.DataFrame,
     val_loss: pd.DataFrame,
     params: dict[str, Any],
+    export_params: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write the HTML report (GIFs copied next to it) and return (metrics for DVC, report manifest)."""
+    """Write the HTML report (GIFs copied next to it) and return (metrics for DVC, report manifest).
+
+    The report opens with the verdict: trained vs untrained (paired over the prompts of ``adherence``)
+    and vs the registered champion of the model ``export_params`` names (when tracking is on and one
+    exists), with the active MLflow run's id, link and git commit."""
     cfg = _config(params)
     out = Path(cfg.report_dir)
     gifs_dir = out / "gifs"
@@ -134,6 +185,14 @@ def build_report(
     if not samples.get("seen_combinations"):
         notes.append("No training captions were available: every prompt counts as held-out.")
     timing = dict(samples.get("timing") or {}) | {"score_s": (scores.get("timing") or {}).get("score_s")}
+    stats = cfg.statistics_settings()
+    header = verdict.evaluation_verdict(
+        scores["adherence"], adherence, champion(export_params), run_info(),
+        confidence=float(stats["confidence"]), num_resamples=int(stats["resamples"]), seed=int(stats["seed"]),
+    )
+    for comparison in header.comparisons:
+        logger.info("evaluation verdict: trained vs %s: %s", comparison.label,
+                    ("better" if comparison.better else "NOT better") if comparison.available else comparison.note)
     content = ReportContent(
         title=f"Evaluation of {samples.get('stage') or 'the trained model'}",
         vbench=scores["vbench"],
@@ -158,10 +217,13 @@ def build_report(
             "timing": timing,
             "prompts": samples.get("prompts"),
         },
+        verdict=header,
     )
     written = write_report(content, out)
     metrics = evaluate.evaluation_metrics(scores, val_loss if len(val_loss) else None)
-    return metrics, {"report_dir": str(out), **written, "gifs": [s.path for s in shown]}
+    summary = {c.name: ("better" if c.better else "not better") if c.available else c.note
+               for c in header.comparisons}
+    return metrics, {"report_dir": str(out), **written, "gifs": [s.path for s in shown], "verdict": summary}
 
 
 def log_to_mlflow(metrics: dict[str, Any], report: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "evaluation.adherence_table",
                     "evaluation.val_loss_table",
                     params,
+                    "params:export",  # the registered model whose champion the verdict compares with
                 ],
                 ["evaluation_metrics", "evaluation.report"],
                 name="build_evaluation_report",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from opensora_mlops.evaluation.evaluate import flatten_metrics
-from opensora_mlops.export import ExportConfig, export_model
+from opensora_mlops.export import CARD_FILE, ExportConfig, export_model
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,30 @@ def export_stage_model(
     )
 
 
-def register_model(manifest: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """Log the export as an MLflow pyfunc in a nested ``export`` run of the active ``kedro run`` and
-    register it; returns ``{"registered", "model_uri", "registered_model_name", "version", "run_id"}``."""
+def _git_commit(run_id: str) -> str | None:
+    """The ``git_commit`` tag the project's hooks put on the ``kedro run`` parent run (this run or its parent)."""
     import mlflow
 
+    client = mlflow.MlflowClient()
+    tags = client.get_run(run_id).data.tags
+    if tags.get("git_commit"):
+        return tags["git_commit"]
+    parent = tags.get("mlflow.parentRunId")
+    return client.get_run(parent).data.tags.get("git_commit") if parent else None
+
+
+def register_model(manifest: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Log the export as an MLflow pyfunc in a nested ``export`` run of the active ``kedro run`` and
+    register it; returns ``{"registered", "model_uri", "registered_model_name", "version", "run_id",
+    "alias", "reason"}``.
+
+    The ``export`` run gets the evaluation scores as metrics and stage, steps, data version and model
+    names as params. The version gets the model card as description, the scores as ``eval.*`` tags, the
+    provenance tags, and the alias ``champion`` when it beats the current champion's headline score
+    (``adherence.trained.adherence``), else ``candidate`` (:mod:`.registry`)."""
+    import mlflow
+
+    from opensora_mlops.pipelines.export import registry
     from opensora_mlops.pipelines.export.pyfunc import log_pyfunc
 
     config = ExportConfig.from_dict(params)
@@ -67,18 +87,33 @@ def register_model(manifest: dict[str, Any], params: dict[str, Any]) -> dict[str
         )
         logger.info("export: not registering the model: %s", reason)
         return {"registered": False, "reason": reason, "export_dir": config.out_dir}
+    commit = _git_commit(parent.info.run_id)
+    provenance = registry.provenance(manifest, commit)
+    scores = dict(manifest.get("scores") or {})
+    card_path = Path(config.out_dir) / CARD_FILE
     with mlflow.start_run(run_name="export", nested=True, experiment_id=parent.info.experiment_id) as run:
         mlflow.set_tag("namespace", "export")
-        mlflow.log_artifact(f"{config.out_dir}/README.md", artifact_path="model_card")
+        mlflow.log_params({**provenance, "model_name": config.model_name, "registered_model_name": name})
+        if scores:
+            mlflow.log_metrics(scores)
+        mlflow.log_artifact(str(card_path), artifact_path="model_card")
         info = log_pyfunc(config.out_dir, registered_model_name=name, output_root=config.pyfunc_output_root,
                           max_pixels=config.pyfunc_max_pixels)
-    version = getattr(info, "registered_model_version", None)
+    version = str(getattr(info, "registered_model_version", None))
+    promotion = registry.annotate_and_alias(
+        mlflow.MlflowClient(), name, version, card_path.read_text(encoding="utf-8"), scores,
+        {**provenance, "source_run_id": run.info.run_id},
+    )
+    logger.info("export: registered %s version %s as %s: %s", name, version, promotion["alias"],
+                promotion["reason"])
     return {
         "registered": True,
         "registered_model_name": name,
         "version": version,
         "model_uri": f"models:/{name}/{version}",
+        "alias_uri": f"models:/{name}@{promotion['alias']}",
         "logged_model_uri": info.model_uri,
         "run_id": run.info.run_id,
         "export_dir": config.out_dir,
+        **promotion,
     }
