@@ -197,7 +197,8 @@ def test_kedro_ingestion_then_curation(project):
     params = {"ingestion": {"synthetic": TINY_CORPUS, "progress": False},
               "curation": {"partitions": {"progress": False}}}
     _kedro_run(project, "ingestion", params)
-    _kedro_run(project, "curation", params, runner=ParallelRunner(max_workers=2))
+    # every curation node lives in the namespace: `kedro run --pipelines=curation --namespaces=curation`
+    _kedro_run(project, "curation", params, runner=ParallelRunner(max_workers=2), namespaces=["curation"])
 
     truth = json.loads((project / "data/01_raw/synthetic/ground_truth.json").read_text())
     kinds = {str((project / "data/01_raw/synthetic" / v["path"]).resolve()): v["kind"] for v in truth["videos"]}
@@ -232,7 +233,7 @@ def test_kedro_ingestion_then_curation(project):
     # a second run of scene detection and cutting reuses every partition: clips are not rewritten
     mtimes = {p: os.stat(p).st_mtime_ns for p in clips["path"]}
     clip_table = pd.read_parquet(project / "data/03_primary/clip_table.parquet")
-    _kedro_run(project, "curation", params, node_names=["detect_scenes", "cut_clips"])
+    _kedro_run(project, "curation", params, node_names=["curation.detect_scenes", "curation.cut_clips"])
     pd.testing.assert_frame_equal(pd.read_parquet(project / "data/03_primary/clip_table.parquet"), clip_table)
     assert {p: os.stat(p).st_mtime_ns for p in clips["path"]} == mtimes
 

@@ -211,3 +211,54 @@ def test_a_checkout_copied_with_its_store_logs_into_its_own_folders(tmp_path, ml
     # the original store is untouched
     assert mlflow.MlflowClient(tracking_uri=f"sqlite:///{original}/mlruns/mlflow.db").get_experiment_by_name(
         "tracking-test").artifact_location == (original / "mlruns" / "artifacts").resolve().as_uri()
+
+
+def _report(tmp_path: Path):
+    def build(clips: list[str]) -> tuple[dict, dict]:
+        time.sleep(0.05)
+        out = tmp_path / "report"
+        out.mkdir(exist_ok=True)
+        (out / "index.html").write_text("<html></html>")
+        return {"adherence": {"trained": {"adherence": 0.75}}, "clips": float(len(clips))}, {"report_dir": str(out)}
+    return build
+
+
+def _curate(clips: list[str]) -> list[str]:
+    return sorted(clips)
+
+
+def test_a_namespace_whose_node_opens_its_run_keeps_that_one_run(tmp_path, store):
+    """Evaluation's report logger opens the ``evaluation`` run itself: the hooks open none for that
+    namespace, then give the node's run the namespace's parameters and node time. Another namespace
+    (curation) gets the run the hooks open."""
+    from kedro.pipeline import pipeline
+
+    from opensora_mlops.hooks import OWN_RUN_TAG
+    from opensora_mlops.pipelines.evaluation.nodes import log_to_mlflow
+
+    evaluation = pipeline(Pipeline([
+        node(_report(tmp_path), "curated", ["evaluation_metrics", "report"], name="build_report"),
+        node(log_to_mlflow, ["evaluation_metrics", "report"], None, name="log", tags=[OWN_RUN_TAG]),
+    ]), namespace="evaluation", inputs={"curated": "curated"}, outputs={"evaluation_metrics": "evaluation_metrics"})
+    curation = pipeline(Pipeline([node(_curate, "clips", "curated", name="curate")]), namespace="curation",
+                        inputs={"clips": "clips"}, outputs={"curated": "curated"})
+    hooks = _hooks(tmp_path, store)
+    hooks.params |= {"evaluation": {"max_prompts": 2}, "curation": {"scoring": {"ocr_detector": "classical"}}}
+    _kedro_run(hooks, curation + evaluation, _catalog(["b", "a"]))
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("tracking-test")
+    runs = client.search_runs([experiment.experiment_id])
+    parent, = (r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    names = sorted(r.info.run_name for r in runs if r is not parent)
+    assert names == ["curation", "evaluation"]  # one run each, no run nested in the evaluation run
+    nested = {r.info.run_name: r for r in runs if r is not parent}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in nested.values())
+    evaluation_run = nested["evaluation"]
+    assert evaluation_run.data.metrics["adherence.trained.adherence"] == 0.75  # what the node logged
+    assert evaluation_run.data.params == {"max_prompts": "2"}
+    assert evaluation_run.data.metrics["node_seconds"] >= 0.05  # both its nodes
+    assert "evaluation_report/index.html" in {
+        a.path for a in client.list_artifacts(evaluation_run.info.run_id, "evaluation_report")}
+    assert nested["curation"].data.params == {"scoring.ocr_detector": "classical"}
+    assert nested["curation"].data.metrics["node_seconds"] > 0

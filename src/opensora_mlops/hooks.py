@@ -3,6 +3,8 @@
 * one parent run per ``kedro run`` (run name = the pipeline names), one nested run per training stage
   (``stage1``, ``stage2``, ``stage3``) and per other namespaced pipeline: a stage's run holds only its
   own nodes (bucketing's per-stage nodes, although namespaced ``stage1`` …, go to a ``bucketing`` run);
+  a namespace with a node that opens the nested run itself (tag ``mlflow_own_run``: evaluation's
+  report logger, export's model registration) keeps that one run, and the hooks add to it afterwards;
   Kedro may run a stage's latent cache well before its training, so each nested run also gets
   ``node_seconds``, the time its own nodes took;
 * parameters flattened (``training_shared.model.name``), per-stage settings on the nested runs;
@@ -54,6 +56,9 @@ DEFAULT_FALLBACK = "sqlite:///mlruns/mlflow.db"
 MAX_PARAM_LENGTH = 6000
 DVC_REPORT_TAG = "dvc_report"  # opensora_mlops.pipelines.dvc_reports.TAG
 TRAINING_TAG = "training"  # the training template's nodes (opensora_mlops.pipelines.training)
+# a node that opens its namespace's nested run itself (evaluation's log_to_mlflow, export's
+# register_model); the hooks open none for that namespace, so it has exactly one nested run
+OWN_RUN_TAG = "mlflow_own_run"
 STAGES = ("stage1", "stage2", "stage3")  # training stages, in the order their steps add up
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 OWNER_TAGS = ("opensora.host", "opensora.pid", "opensora.process_started")
@@ -235,6 +240,7 @@ class MLflowHooks:
         self.env = "local"
         self.parent_run_id: str | None = None
         self.nested: dict[str, str] = {}
+        self.own_runs: set[str] = set()
         self.step_offsets: dict[str, int] = {}
         self.node_seconds: dict[str, float] = {}
         self.node_started: dict[str, float] = {}
@@ -256,10 +262,16 @@ class MLflowHooks:
         self.settings = settings
         self.params = dict(context.params)
 
-    def _tracks(self, node) -> bool:
-        """Nodes of a namespace log into its nested run; the DVC report nodes only restate numbers the
-        stage runs already hold, so they log nothing."""
+    def _timed(self, node) -> bool:
+        """Nodes of a namespace count towards its nested run; the DVC report nodes only restate numbers
+        the stage runs already hold, so they count for nothing."""
         return self.parent_run_id is not None and bool(node.namespace) and DVC_REPORT_TAG not in node.tags
+
+    def _tracks(self, node) -> bool:
+        """Timed nodes log into their namespace's nested run, which the hooks open, except in a namespace
+        whose own node opens it (:data:`OWN_RUN_TAG`): there they run under the parent run, as that node
+        expects, and the hooks find its run after the pipeline."""
+        return self._timed(node) and self.run_name(node) not in self.own_runs
 
     def _enabled(self) -> bool:
         return bool(self.settings.get("enabled", True)) and os.environ.get("OPENSORA_MLFLOW", "1") != "0"
@@ -305,6 +317,7 @@ class MLflowHooks:
         run = mlflow.start_run(run_name="kedro run " + ",".join(str(p) for p in pipelines))
         self.parent_run_id = run.info.run_id
         self.nested = {}
+        self.own_runs = {self.run_name(n) for n in pipeline.nodes if n.namespace and OWN_RUN_TAG in n.tags}
         self.step_offsets = {}
         self.node_seconds = {}
         self.node_started = {}
@@ -329,13 +342,34 @@ class MLflowHooks:
 
         while mlflow.active_run() is not None:
             mlflow.end_run()
+        client = mlflow.MlflowClient()
+        self._adopt_own_runs(client)
         # Kedro may run a stage's first node (its latent cache) long before the others (stage 3's cache
         # right after bucketing), so a run's start-to-end time includes other stages' work: its own is this
-        client = mlflow.MlflowClient()
         for name, seconds in self.node_seconds.items():
             if name in self.nested:
                 client.log_batch(self.nested[name], metrics=[_metric("node_seconds", round(seconds, 3), 0)])
         self.parent_run_id = None
+
+    def _adopt_own_runs(self, client) -> None:
+        """The nested run a namespace's own node opened (run name and ``namespace`` tag = the namespace,
+        parent = this run) gets what the hooks give every nested run: the namespace's parameters
+        (those the node did not log) and, in :meth:`after_pipeline_run`, ``node_seconds``. A
+        namespace whose node opened no run (tracking off in that node, registration disabled) gets none."""
+        for name in sorted(self.own_runs):
+            runs = client.search_runs(
+                [client.get_run(self.parent_run_id).info.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.namespace = '{name}'",
+                order_by=["attributes.start_time DESC"], max_results=1)
+            if not runs:
+                continue
+            run = runs[0]
+            self.nested[name] = run.info.run_id
+            if isinstance(self.params.get(name), Mapping):
+                fresh = {k: v for k, v in flatten_params(self.params[name]).items() if k not in run.data.params}
+                items = sorted(fresh.items())
+                for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+                    client.log_batch(run.info.run_id, params=[_param(k, v) for k, v in items[start:start + 100]])
 
     @hook_impl
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline, catalog) -> None:
@@ -378,6 +412,8 @@ class MLflowHooks:
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool, run_id: str) -> None:
+        if self._timed(node):
+            self.node_started[node.name] = time.monotonic()
         if not self._tracks(node):
             return
         import mlflow
@@ -395,7 +431,6 @@ class MLflowHooks:
                 _log_params(flatten_params(self.params[name]))
         else:
             mlflow.start_run(run_id=run_id_, nested=True)
-        self.node_started[node.name] = time.monotonic()
         if name in STAGES and f"{name}.model" in node.outputs and name not in self.step_offsets:
             self.step_offsets[name] = offset = self._stage_offset(name, catalog)
             mlflow.set_tag("global_step_offset", str(offset))
@@ -403,14 +438,16 @@ class MLflowHooks:
     @hook_impl
     def after_node_run(self, node, catalog, inputs: dict[str, Any], outputs: dict[str, Any], is_async: bool,
                        run_id: str) -> None:
-        if not self._tracks(node):
+        if not self._timed(node):
             return
-        import mlflow
-
         name = self.run_name(node)
         started = self.node_started.pop(node.name, None)
         if started is not None:
             self.node_seconds[name] = self.node_seconds.get(name, 0.0) + time.monotonic() - started
+        if not self._tracks(node):
+            return
+        import mlflow
+
         run = mlflow.active_run()
         manifest = outputs.get(f"{name}.model")
         if isinstance(manifest, Mapping) and manifest.get("final_dir") and self.settings.get("log_weights", True):
@@ -476,6 +513,12 @@ def _metric(key: str, value: float, step: int):
     from mlflow.entities import Metric
 
     return Metric(key, value, int(time.time() * 1000), step)
+
+
+def _param(key: str, value: str):
+    from mlflow.entities import Param
+
+    return Param(key, value)
 
 
 def _all_inputs(pipeline) -> set[str]:

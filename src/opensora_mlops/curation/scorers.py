@@ -60,6 +60,7 @@ Embedded default (no weights) — the classical measures, documented here:
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -491,9 +492,15 @@ class _OpenClip:
         import torch
 
         self.torch = torch
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=weights_path, device=device
-        )
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=str(weights_path), device=device
+            )
+        except (RuntimeError, OSError, ValueError, KeyError, AssertionError, pickle.UnpicklingError) as exc:
+            # an unknown architecture name, weights of another architecture (open-clip asserts on some
+            # shape mismatches), or a file that is no checkpoint
+            raise ConfigError(f"curation.scoring: cannot load open-clip {model_name!r} with the weights "
+                              f"{weights_path!r} (clip_model_name must name their architecture): {exc}") from exc
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.device = device
