@@ -26,7 +26,7 @@ HAND_OVERS = {
     "curation": ({"raw_metadata", "params:curation"},
                  {"clip_metadata", "curation_quarantine", "curation_report", *FILTERED}),
     "evaluation": ({"stage1.latent_cache", "stage2.latent_cache", "stage3.latent_cache", "stage3.model",
-                    "stage3.filtered_clips", "params:evaluation"}, {"evaluation_metrics"}),
+                    "stage3.filtered_clips", "params:evaluation", "params:export"}, {"evaluation_metrics"}),
     "export": ({"stage3.model", "stage3.filtered_clips", "evaluation_metrics", "params:export"},
                {"export.registration"}),
 }
