@@ -107,13 +107,12 @@ def run_info() -> dict[str, str]:
     and ``git_commit`` (the ``kedro run`` parent's tag, set by the project's hooks); {} without a run."""
     import mlflow
 
+    from opensora_mlops.pipelines.export.registry import git_commit_of_run
+
     run = mlflow.active_run()
     if run is None:
         return {}
-    client = mlflow.MlflowClient()
-    tags = client.get_run(run.info.run_id).data.tags
-    parent = tags.get("mlflow.parentRunId")
-    commit = tags.get("git_commit") or (client.get_run(parent).data.tags.get("git_commit") if parent else None)
+    commit = git_commit_of_run(mlflow.MlflowClient(), run.info.run_id)
     uri = mlflow.get_tracking_uri()
     return {
         "run_id": run.info.run_id,

@@ -52,18 +52,6 @@ def export_stage_model(
     )
 
 
-def _git_commit(run_id: str) -> str | None:
-    """The ``git_commit`` tag the project's hooks put on the ``kedro run`` parent run (this run or its parent)."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    tags = client.get_run(run_id).data.tags
-    if tags.get("git_commit"):
-        return tags["git_commit"]
-    parent = tags.get("mlflow.parentRunId")
-    return client.get_run(parent).data.tags.get("git_commit") if parent else None
-
-
 def register_model(manifest: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """Log the export as an MLflow pyfunc in a nested ``export`` run of the active ``kedro run`` and
     register it; returns ``{"registered", "model_uri", "registered_model_name", "version", "run_id",
@@ -87,7 +75,7 @@ def register_model(manifest: dict[str, Any], params: dict[str, Any]) -> dict[str
         )
         logger.info("export: not registering the model: %s", reason)
         return {"registered": False, "reason": reason, "export_dir": config.out_dir}
-    commit = _git_commit(parent.info.run_id)
+    commit = registry.git_commit_of_run(mlflow.MlflowClient(), parent.info.run_id)
     provenance = registry.provenance(manifest, commit)
     scores = dict(manifest.get("scores") or {})
     card_path = Path(config.out_dir) / CARD_FILE

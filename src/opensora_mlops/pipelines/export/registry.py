@@ -41,6 +41,16 @@ def description(card: str, limit: int = MAX_DESCRIPTION) -> str:
     return card[: limit - len(tail)] + tail
 
 
+def git_commit_of_run(client: mlflow.MlflowClient, run_id: str) -> str | None:
+    """The ``git_commit`` tag the project's hooks put on the ``kedro run`` parent run (this run's or its
+    parent's), or None."""
+    tags = client.get_run(run_id).data.tags
+    if tags.get("git_commit"):
+        return tags["git_commit"]
+    parent = tags.get("mlflow.parentRunId")
+    return client.get_run(parent).data.tags.get("git_commit") if parent else None
+
+
 def champion_version(client: mlflow.MlflowClient, name: str) -> tuple[str, dict[str, str]] | None:
     """(version, tags) of ``name``'s ``champion``, or None when the model or the alias does not exist."""
     try:
@@ -79,4 +89,4 @@ def annotate_and_alias(
             "previous_champion": current[0] if current else None}
 
 
-__all__ = ["annotate_and_alias", "champion_version", "description", "provenance"]
+__all__ = ["annotate_and_alias", "champion_version", "description", "git_commit_of_run", "provenance"]
