@@ -85,17 +85,41 @@ def _sync(device: torch.device) -> None:
 def time_call(fn, device, warmup: int, repeats: int, timer: str = "wall") -> float:
     """Median wall-clock seconds, or (``timer="cpu"``, one thread) the minimum CPU time of this thread:
     on a machine shared with other jobs the latter is what the code costs, not how long it waited."""
-    clock = time.thread_time if timer == "cpu" else time.perf_counter
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        _sync(device)
-        times.append(clock() - start)
+    times = [time_once(fn, device, timer) for _ in range(repeats)]
     return min(times) if timer == "cpu" else statistics.median(times)
+
+
+def time_once(fn, device, timer: str = "wall") -> float:
+    clock = time.thread_time if timer == "cpu" else time.perf_counter
+    start = clock()
+    fn()
+    _sync(device)
+    return clock() - start
+
+
+def time_interleaved(fns: dict, device, warmup: int, rounds: int, inner: int, timer: str) -> dict[str, list[float]]:
+    """Time several callables in alternation: each round runs every callable ``inner`` times (keeping the
+    minimum CPU time / median wall time of the round), in an order that alternates between rounds, so that
+    a change of machine load hits all of them alike. Returns the per-round times of each callable."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times = [time_once(fns[name], device, timer) for _ in range(inner)]
+            out[name].append(min(times) if timer == "cpu" else statistics.median(times))
+    return out
+
+
+def spread(values: list[float], fmt: str = ".4f") -> str:
+    """``median [min-max]``."""
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
 
 
 def train_step(model, kwargs):
@@ -211,10 +235,27 @@ def reference_kwargs(kwargs: dict) -> dict:
 # --- main --------------------------------------------------------------------------------------------------
 
 
+def randomise_weights(model: STDiT2, seed: int = 0) -> None:
+    """Perturb every weight so each branch does real work (a fresh model has zero output projections) and
+    give the QK-RMSNorm gains values spread over [0.5, 2.5] per channel: attention is then far from
+    uniform and the RoPE / QK-norm order of the temporal branch really matters for agreement."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g).to(p)
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.copy_(0.5 + 2.0 * torch.rand(p.shape, generator=g).to(p))
+            else:
+                p.add_(noise * 0.02)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 1 min on CPU)")
     parser.add_argument("--config", default=None, help="model name (default: STDiT2-tiny on CPU, XL/2 on CUDA)")
+    parser.add_argument("--depth", type=int, default=None, help="override the config's depth")
+    parser.add_argument("--hidden", type=int, default=None, help="override the config's hidden size")
+    parser.add_argument("--heads", type=int, default=None, help="override the config's number of heads")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="default: float32 on CPU, bfloat16 on CUDA")
@@ -225,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="wall: median wall clock; cpu: minimum thread CPU time (CPU only, forces 1 thread)")
     parser.add_argument("--sizes", default=None,
                         help="comma-separated latent sizes FRAMESxHxW (default: 8x16x16,16x18x32 on CPU, "
-                             "16x30x53,64x30x53 on CUDA)")
+                             "16x30x53,64x30x53 on CUDA); 'issue' = 8x18x32,16x32x32 (issue 15's sizes)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds with --reference-repo (default 5, 3 with --quick)")
+    parser.add_argument("--inner", type=int, default=None,
+                        help="calls per case and round with --reference-repo (default: half the repeats)")
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU")
@@ -250,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [(8, 16, 16)] if args.quick else [(8, 16, 16), (16, 18, 32)]
         batch = args.batch or 2
     if args.sizes:
+        text = "8x18x32,16x32x32" if args.sizes == "issue" else args.sizes
         try:
-            sizes = [tuple(int(v) for v in item.lower().split("x")) for item in args.sizes.split(",")]
+            sizes = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]
         except ValueError:
             parser.error(f"--sizes must look like 16x30x53,64x30x53, got {args.sizes!r}")
         if any(len(size) != 3 for size in sizes):
@@ -259,13 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     warmup, repeats = (1, 3) if args.quick else (2, 7)
     if args.timer == "cpu":
         repeats *= 2
+    rounds = args.rounds or (3 if args.quick else 5)
+    inner = args.inner or max(1, repeats // 2)
+    overrides = {k: v for k, v in (("depth", args.depth), ("hidden_size", args.hidden), ("num_heads", args.heads))
+                 if v is not None}
 
     torch.manual_seed(0)
-    model = build_model(name, grad_checkpointing=args.grad_checkpointing, class_dropout_prob=0.0)
+    model = build_model(name, grad_checkpointing=args.grad_checkpointing, class_dropout_prob=0.0, **overrides)
     model = model.to(device=device, dtype=dtype).train()
-    with torch.no_grad():  # non-zero output projections so every branch does real work
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    randomise_weights(model)
     runner = torch.compile(model) if args.compile else model
 
     reference = None
@@ -275,20 +323,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.grad_checkpointing:
             module_ckpt = sys.modules["opensora.acceleration.checkpoint"]
             module_ckpt.set_grad_checkpoint(reference)
-        legacy = build_model(name, qk_norm_legacy=True, final_layer_legacy=True, class_dropout_prob=0.0)
+        legacy = build_model(name, qk_norm_legacy=True, final_layer_legacy=True, class_dropout_prob=0.0, **overrides)
         legacy = legacy.to(device=device, dtype=dtype).eval()
         legacy.load_state_dict(model.state_dict())
 
     params = sum(p.numel() for p in model.parameters())
-    print(f"# {name}: {params / 1e6:.2f}M parameters, device={device}, dtype={str(dtype).split('.')[-1]}, "
-          f"batch={batch}, threads={torch.get_num_threads()}, grad_checkpointing={args.grad_checkpointing}, "
+    cfg = model.config
+    print(f"# {name} (depth {cfg.depth}, hidden {cfg.hidden_size}, heads {cfg.num_heads}): {params / 1e6:.2f}M "
+          f"parameters, device={device}, dtype={str(dtype).split('.')[-1]}, batch={batch}, "
+          f"threads={torch.get_num_threads()}, grad_checkpointing={args.grad_checkpointing}, "
           f"compile={args.compile}, timer={args.timer}")
+    if reference is not None:
+        print(f"# interleaved: {rounds} rounds x {inner} calls per case (min per round when timer=cpu); "
+              "figures are median [min-max] over rounds; speed-up = 1.1 time / our time, per round")
     header = f"{'frames x H x W (latent)':>24} {'tokens':>7} {'train s/step':>12} {'tokens/s':>9} {'sample s/step':>13}"
     if on_gpu:
         header += f" {'train MFU':>9} {'sample MFU':>10} {'peak mem':>8}"
-    if reference is not None:
-        header += f" {'1.1 train s':>11} {'1.1 sample s':>12} {'train x':>7} {'sample x':>8} {'max |diff|':>10}"
-    print(header)
+    if reference is None:
+        print(header)
     summary = []
     for frames, lat_h, lat_w in sizes:
         kwargs = make_inputs(model, batch, frames, lat_h, lat_w, device)
@@ -297,6 +349,26 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["x_mask"] = x_mask
         flops, tokens = forward_flops(model, batch, frames, lat_h, lat_w)
         label = f"{frames} x {lat_h} x {lat_w}"
+        if reference is not None:
+            ref_kwargs = reference_kwargs(kwargs)
+            with torch.no_grad():
+                reference.eval()
+                diff = (reference(**ref_kwargs).float() - legacy(**kwargs)).abs().max().item()
+                reference.train()
+            times = time_interleaved(
+                {"train": train_step(runner, kwargs), "ref_train": train_step(reference, ref_kwargs),
+                 "sample": sample_step(runner, kwargs), "ref_sample": sample_step(reference, ref_kwargs)},
+                device, warmup, rounds, inner, args.timer)
+            train_x = [r / o for r, o in zip(times["ref_train"], times["train"], strict=True)]
+            sample_x = [r / o for r, o in zip(times["ref_sample"], times["sample"], strict=True)]
+            print(f"{label} ({tokens} tokens): max |diff| vs 1.1 (legacy mode) {diff:.2e}\n"
+                  f"  train  s/step ours {spread(times['train'])}  1.1 {spread(times['ref_train'])}  "
+                  f"speed-up {spread(train_x, '.2f')}x\n"
+                  f"  sample s/step ours {spread(times['sample'])}  1.1 {spread(times['ref_sample'])}  "
+                  f"speed-up {spread(sample_x, '.2f')}x", flush=True)
+            summary.append(f"{frames}x{lat_h}x{lat_w}: train {spread(train_x, '.2f')}x, sample "
+                           f"{spread(sample_x, '.2f')}x vs 1.1 (|diff| {diff:.1e})")
+            continue
         try:
             if on_gpu:
                 torch.cuda.reset_peak_memory_stats(device)
@@ -312,20 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         if on_gpu:
             row += f" {3 * flops / train_s / args.peak_tflops / 1e12:>9.1%} {flops / sample_s / args.peak_tflops / 1e12:>10.1%}"
             row += f" {torch.cuda.max_memory_allocated(device) / 2**30:>7.1f}G"
-        entry = f"{frames}x{lat_h}x{lat_w}: train {train_s:.3f}s ({tokens / train_s:.0f} tok/s), sample {sample_s:.3f}s"
-        if reference is not None:
-            ref_kwargs = reference_kwargs(kwargs)
-            with torch.no_grad():
-                reference.eval()
-                diff = (reference(**ref_kwargs).float() - legacy(**kwargs)).abs().max().item()
-                reference.train()
-            ref_train = time_call(train_step(reference, ref_kwargs), device, warmup, repeats, args.timer)
-            ref_sample = time_call(sample_step(reference, ref_kwargs), device, warmup, repeats, args.timer)
-            row += (f" {ref_train:>11.4f} {ref_sample:>12.4f} {ref_train / train_s:>6.2f}x {ref_sample / sample_s:>7.2f}x"
-                    f" {diff:>10.2e}")
-            entry += f", vs 1.1 train {ref_train / train_s:.2f}x sample {ref_sample / sample_s:.2f}x (|diff| {diff:.1e})"
         print(row, flush=True)
-        summary.append(entry)
+        summary.append(f"{frames}x{lat_h}x{lat_w}: train {train_s:.3f}s ({tokens / train_s:.0f} tok/s), "
+                       f"sample {sample_s:.3f}s")
     print(f"SUMMARY {name} on {device} ({str(dtype).split('.')[-1]}, batch {batch}): " + "; ".join(summary))
     return 0
 

@@ -95,8 +95,9 @@ def rope_tables(freqs: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of ``x [..., L, D]`` by ``rotation [L, D/2]``: one complex multiply (one
-    memory pass each way, several times cheaper than the cos/sin/rotate-half form), in float32."""
+    """Rotate channel pairs of ``x [..., D]`` by ``rotation [..., D/2]`` (broadcast, e.g. ``[L, D/2]`` for
+    ``x [..., L, D]``): one complex multiply (one memory pass each way, several times cheaper than the
+    cos/sin/rotate-half form), in float32."""
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
 
@@ -213,24 +214,28 @@ class SelfAttention(nn.Module):
         self.qk_norm_legacy = qk_norm_legacy
 
     def qk_norm(self, qk: torch.Tensor) -> torch.Tensor:
-        """RMSNorm of stacked ``[2, ..., head_dim]`` queries and keys in one kernel, each its own weight."""
+        """RMSNorm of stacked ``[..., 2, heads, head_dim]`` queries and keys in one kernel, each its own weight."""
         if isinstance(self.q_norm, nn.Identity):
             return qk
-        weight = torch.stack([self.q_norm.weight, self.k_norm.weight]).view(2, *([1] * (qk.ndim - 2)), -1)
+        weight = torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None]  # [2, 1, head_dim]
         return F.rms_norm(qk, (qk.shape[-1],), eps=self.q_norm.eps) * weight
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
         n, length, dim = x.shape
-        qkv = self.qkv(x).view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [3, N, heads, L, D]
-        qk, v = qkv[:2], qkv[2]
+        # split (not slicing/indexing) into views of the [N, L, 3, heads, D] projection: its backward writes the
+        # three gradients into one buffer in the layout the linear's backward reads, with no zero-filled
+        # [3, ...] buffers and no permuted copy
+        qk, v = self.qkv(x).view(n, length, 3, self.num_heads, -1).split([2, 1], dim=2)
+        if rope is not None:
+            rope = rope[:, None, None]  # [L, 1, 1, D/2] over [N, L, 2, heads, D/2]
         if rope is not None and self.qk_norm_legacy:  # 1.1: rotate, then normalise the rotated vectors
             qk = self.qk_norm(apply_rope(qk, rope))
         else:
             qk = self.qk_norm(qk)
             if rope is not None:
                 qk = apply_rope(qk, rope)
-        q, k = qk.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, L, head_dim]
+        q, k = (a.transpose(1, 2) for a in qk.unbind(2))  # [N, heads, L, D] views
+        out = F.scaled_dot_product_attention(q, k, v[:, :, 0].transpose(1, 2))  # [N, heads, L, head_dim]
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
 
 
