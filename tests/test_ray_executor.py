@@ -181,3 +181,16 @@ def test_kedro_curation_with_the_ray_executor_matches_local(project, cluster):
     assert on_ray["path"].str.startswith("data/03_primary/ray_clips").all()
     assert on_ray["path"].map(lambda p: (project / p).is_file()).all()
     pd.testing.assert_frame_equal(_comparable(on_ray), _comparable(local), check_exact=True)
+
+
+def test_base_and_cluster_curation_parameters_parse():
+    from kedro.config import OmegaConfigLoader
+
+    def curation(env):
+        loader = OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env="local", env=env)
+        return CurationConfig.from_dict(loader["parameters"]["curation"])
+
+    base, cluster = curation(None), curation("cluster")
+    assert base.executor == "local" and base.ray == RayConfig()
+    assert cluster.executor == "ray" and cluster.ray.address == "ray://ray-head:10001"
+    assert cluster.scoring.device == "cuda" and cluster.partitions.workers == base.partitions.workers
