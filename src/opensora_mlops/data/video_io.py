@@ -37,11 +37,12 @@ def _yuv420p(rgb: np.ndarray) -> av.VideoFrame:
     return frame
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
+def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18, threads: int | None = None) -> Path:
     """Encode ``frames`` (T, H, W, 3 uint8 RGB) as H.264 MP4 at ``fps``; returns the path.
 
-    Odd sizes are padded by one edge pixel because yuv420p needs even dimensions. The same frames give
-    the same bytes in every call and process (see :func:`_yuv420p`).
+    Odd sizes are padded by one edge pixel because yuv420p needs even dimensions. ``threads``: libx264's
+    encoder and lookahead threads (None: automatic, from the CPUs this process sees, so the bytes can
+    differ between machines); ``threads=1`` encodes the same frames to the same bytes anywhere.
     """
     frames = _as_uint8_frames(frames)
     if not 0 < fps <= 240:
@@ -58,6 +59,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18)
         stream.width, stream.height = w + pad_w, h + pad_h
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf), "preset": "veryfast"}
+        if threads:
+            stream.options = {**stream.options, "threads": str(threads), "x264-params": f"lookahead-threads={threads}"}
         for frame in frames:
             for packet in stream.encode(_yuv420p(frame)):
                 container.mux(packet)
