@@ -15,6 +15,12 @@ host runs ``pipelines/flows.py:<flow>`` from there. Set up once, then register::
 
 Or, without a work pool, ``python pipelines/deployments.py --serve`` serves both deployments from this
 process (it runs the scheduled flows itself).
+
+Registering also creates the global concurrency limit ``gpu-cluster`` (1 slot) that both flows hold
+for their whole run (``prefect gcl create gpu-cluster --limit 1`` does the same by hand), so a nightly
+curation and a weekly training run never share the cluster; each deployment also runs at most one of
+its own flow runs at a time. With ``--env cluster`` the nightly curation gets the Ray cluster address of
+``conf/cluster/parameters_curation.yml`` as its ``ray_address`` parameter (shown in the Prefect UI).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from prefect.schedules import Cron
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORK_POOL = "gpu-pool"
+sys.path.insert(0, str(PROJECT_ROOT))
+from pipelines.flows import CLUSTER_LIMIT, cluster_ray_address  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,9 @@ def build_deployments(
         parameters: dict[str, Any] = {"project_dir": str(project_dir), "runner": runner}
         if env:
             parameters["env"] = env
+            address = cluster_ray_address(project_dir, env) if spec.name == "nightly-curation" else None
+            if address:
+                parameters["ray_address"] = address
         deployments.append(
             loaded.to_deployment(
                 name=spec.name,
@@ -88,9 +99,25 @@ def build_deployments(
                 description=spec.description,
                 tags=list(spec.tags),
                 work_pool_name=work_pool,
+                concurrency_limit=1,  # a deployment's own runs never overlap either
             )
         )
     return deployments
+
+
+def ensure_cluster_limit(name: str = CLUSTER_LIMIT, limit: int = 1) -> bool:
+    """Create the global concurrency limit the flows hold, unless it exists; True when created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+            return False
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+            return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect import deploy, serve
 
+    ensure_cluster_limit()
     if args.serve:
         serve(*build_deployments(args.project_dir, work_pool=None, env=args.env, timezone=args.timezone))
         return 0

@@ -17,19 +17,31 @@ The flows:
 * :func:`kedro_flow` — any list of pipelines, for ad-hoc runs from the Prefect UI.
 
 Deployments with schedules on a process work pool live in :mod:`pipelines.deployments`.
+
+The curation and training flows share the GPU cluster: each holds one slot of the Prefect global
+concurrency limit :data:`CLUSTER_LIMIT` (limit 1, created by ``pipelines/deployments.py``) for its whole
+run, so a nightly curation never overlaps a weekly training run; a flow that cannot get the slot within
+``slot_timeout_seconds`` fails with a TimeoutError instead of piling up. ``timeout_seconds`` bounds each
+pipeline (the ``kedro run`` subprocess is killed past it; the task's retries then apply, and a curation
+rerun resumes from its stored partitions). ``ray_address`` runs curation on that Ray cluster
+(``curation.executor=ray``); the deployments take it from ``conf/cluster/parameters_curation.yml``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
+from prefect.concurrency.sync import concurrency
 
 #: The project root (this file is <root>/pipelines/flows.py).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +49,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CURATION_PIPELINES: tuple[str, ...] = ("ingestion", "curation", "bucketing")
 TRAINING_PIPELINES: tuple[str, ...] = ("stage1", "stage2", "stage3", "evaluation", "export")
 RUNNERS = ("subprocess", "in_process")
+#: Global concurrency limit (1 slot) held by the curation and the training flow for their whole run.
+CLUSTER_LIMIT = "gpu-cluster"
+#: Defaults of the scheduled flows: a nightly curation gives up waiting for the cluster after 4 h and
+#: stops a pipeline after 8 h; training waits for the cluster as long as it takes.
+CURATION_SLOT_TIMEOUT_S = 4 * 3600.0
+CURATION_PIPELINE_TIMEOUT_S = 8 * 3600.0
 
 #: Offline and quiet: no telemetry or hub downloads from scheduled runs.
 QUIET_ENV = {
@@ -73,24 +91,50 @@ def kedro_command(
     return command
 
 
+def cluster_ray_address(project_dir: str | Path = PROJECT_ROOT, env: str = "cluster") -> str | None:
+    """``curation.ray.address`` of ``conf/<env>/parameters_curation.yml`` (None when it names none)."""
+    path = Path(project_dir) / "conf" / env / "parameters_curation.yml"
+    if not path.is_file():
+        return None
+    curation = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("curation") or {}
+    return (curation.get("ray") or {}).get("address")
+
+
 def _run_subprocess(
-    pipeline: str, project_dir: Path, env: str | None, params: Mapping[str, Any] | None
+    pipeline: str, project_dir: Path, env: str | None, params: Mapping[str, Any] | None,
+    timeout_seconds: float | None = None,
 ) -> None:
     logger = get_run_logger()
     command = kedro_command(pipeline, env, params)
     logger.info("running %s in %s", " ".join(command[1:]), project_dir)
     process_env = dict(os.environ) | QUIET_ENV
     tail: list[str] = []
+    timed_out = threading.Event()
     with subprocess.Popen(
         command, cwd=project_dir, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            if line:
-                logger.info("[kedro %s] %s", pipeline, line)
-                tail = (tail + [line])[-40:]
-        returncode = process.wait()
+        def kill() -> None:
+            timed_out.set()
+            process.kill()
+
+        timer = threading.Timer(timeout_seconds, kill) if timeout_seconds else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                line = line.rstrip()
+                if line:
+                    logger.info("[kedro %s] %s", pipeline, line)
+                    tail = (tail + [line])[-40:]
+            returncode = process.wait()
+        finally:
+            if timer:
+                timer.cancel()
+    if timed_out.is_set():
+        raise TimeoutError(f"kedro pipeline {pipeline!r} ran past its {timeout_seconds:g} s timeout and was "
+                           "stopped; last output:\n" + "\n".join(tail))
     if returncode != 0:
         raise RuntimeError(
             f"kedro pipeline {pipeline!r} failed with exit code {returncode}; last output:\n"
@@ -120,8 +164,12 @@ def run_kedro_pipeline(
     env: str | None = None,
     params: dict[str, Any] | None = None,
     runner: str = "subprocess",
+    timeout_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Run one Kedro pipeline; returns ``{"pipeline", "seconds", "runner"}``. Raises on failure (retried)."""
+    """Run one Kedro pipeline; returns ``{"pipeline", "seconds", "runner"}``. Raises on failure (retried).
+
+    ``timeout_seconds``: the subprocess runner kills ``kedro run`` past it (TimeoutError); the
+    in-process runner cannot stop a session midway and only warns that it is not enforced."""
     if runner not in RUNNERS:
         raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
     root = Path(project_dir).resolve()
@@ -129,8 +177,10 @@ def run_kedro_pipeline(
         raise FileNotFoundError(f"{root} is not a Kedro project directory (no pyproject.toml / conf/)")
     start = time.monotonic()
     if runner == "subprocess":
-        _run_subprocess(pipeline, root, env, params)
+        _run_subprocess(pipeline, root, env, params, timeout_seconds)
     else:
+        if timeout_seconds:
+            get_run_logger().warning("timeout_seconds is not enforced with runner='in_process'")
         _run_in_process(pipeline, root, env, params)
     seconds = time.monotonic() - start
     get_run_logger().info("kedro pipeline %r finished in %.1f s", pipeline, seconds)
@@ -145,6 +195,7 @@ def _run_sequence(
     runner: str,
     retries: int | None,
     retry_delay_seconds: float | None,
+    timeout_seconds: float | None = None,
 ) -> list[dict[str, Any]]:
     if not pipelines:
         raise ValueError("no pipelines to run")
@@ -156,7 +207,27 @@ def _run_sequence(
     step = run_kedro_pipeline.with_options(**options) if options else run_kedro_pipeline
     directory = str(Path(project_dir).resolve()) if project_dir else str(PROJECT_ROOT)
     # in order, each waiting for the previous: a failure raises here and stops the flow
-    return [step(name, directory, env, params, runner) for name in pipelines]
+    return [step(name, directory, env, params, runner, timeout_seconds) for name in pipelines]
+
+
+@contextlib.contextmanager
+def _cluster_slot(limit: str | None, timeout_seconds: float | None):
+    """Hold one slot of the global concurrency limit ``limit`` (None: no limit) for the block."""
+    if not limit:
+        yield
+        return
+    logger = get_run_logger()
+    logger.info("waiting for a slot of concurrency limit %r (at most %s s)", limit, timeout_seconds)
+    # strict: a missing limit is an error, not a silent "no limit" (deployments.py creates it)
+    with concurrency(limit, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+        logger.info("holding concurrency limit %r", limit)
+        yield
+
+
+def _with_ray(params: dict[str, Any] | None, ray_address: str | None) -> dict[str, Any] | None:
+    if not ray_address:
+        return params
+    return {**(params or {}), "curation.executor": "ray", "curation.ray.address": ray_address}
 
 
 @flow(name="kedro-pipelines", log_prints=True)
@@ -168,9 +239,11 @@ def kedro_flow(
     runner: str = "subprocess",
     retries: int | None = None,
     retry_delay_seconds: float | None = None,
+    timeout_seconds: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the given Kedro pipelines in order, one task each."""
-    return _run_sequence(pipelines, project_dir, env, params, runner, retries, retry_delay_seconds)
+    """Run the given Kedro pipelines in order, one task each (no concurrency slot: ad-hoc runs)."""
+    return _run_sequence(pipelines, project_dir, env, params, runner, retries, retry_delay_seconds,
+                         timeout_seconds)
 
 
 @flow(name="nightly-curation", log_prints=True)
@@ -182,9 +255,18 @@ def curation_flow(
     runner: str = "subprocess",
     retries: int | None = None,
     retry_delay_seconds: float | None = None,
+    ray_address: str | None = None,
+    concurrency_limit: str | None = CLUSTER_LIMIT,
+    slot_timeout_seconds: float | None = CURATION_SLOT_TIMEOUT_S,
+    timeout_seconds: float | None = CURATION_PIPELINE_TIMEOUT_S,
 ) -> list[dict[str, Any]]:
-    """Ingest and curate new footage and rebuild the training buckets."""
-    return _run_sequence(pipelines, project_dir, env, params, runner, retries, retry_delay_seconds)
+    """Ingest and curate new footage (on the Ray cluster at ``ray_address`` when given) and rebuild the
+    training buckets, holding the cluster's concurrency slot throughout."""
+    if ray_address:
+        get_run_logger().info("curation runs on the Ray cluster at %s", ray_address)
+    with _cluster_slot(concurrency_limit, slot_timeout_seconds):
+        return _run_sequence(pipelines, project_dir, env, _with_ray(params, ray_address), runner, retries,
+                             retry_delay_seconds, timeout_seconds)
 
 
 @flow(name="weekly-fine-tune", log_prints=True)
@@ -196,9 +278,15 @@ def training_flow(
     runner: str = "subprocess",
     retries: int | None = None,
     retry_delay_seconds: float | None = None,
+    concurrency_limit: str | None = CLUSTER_LIMIT,
+    slot_timeout_seconds: float | None = None,
+    timeout_seconds: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Fine-tune through the three training stages, then evaluate and export the model."""
-    return _run_sequence(pipelines, project_dir, env, params, runner, retries, retry_delay_seconds)
+    """Fine-tune through the three training stages, then evaluate and export the model, holding the
+    cluster's concurrency slot throughout."""
+    with _cluster_slot(concurrency_limit, slot_timeout_seconds):
+        return _run_sequence(pipelines, project_dir, env, params, runner, retries, retry_delay_seconds,
+                             timeout_seconds)
 
 
 if __name__ == "__main__":

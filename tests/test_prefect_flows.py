@@ -25,17 +25,23 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines import deployments as prefect_deployments  # noqa: E402
 from pipelines.flows import (  # noqa: E402
+    CLUSTER_LIMIT,
     CURATION_PIPELINES,
     TRAINING_PIPELINES,
+    _with_ray,
+    cluster_ray_address,
     curation_flow,
     kedro_command,
     kedro_flow,
+    training_flow,
 )
 
 
 @pytest.fixture(scope="module")
 def harness():
     with prefect_test_harness(server_startup_timeout=120):
+        assert prefect_deployments.ensure_cluster_limit() is True  # the flows' 1-slot cluster limit
+        assert prefect_deployments.ensure_cluster_limit() is False  # already there
         yield
 
 
@@ -170,7 +176,11 @@ def test_deployments_have_schedules_entrypoints_and_the_work_pool(tmp_path):
         == {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
         for d in built
     )
-    assert nightly.parameters == {"project_dir": str(ROOT), "runner": "subprocess", "env": "cluster"}
+    # the nightly curation submits to the Ray cluster named in conf/cluster
+    assert nightly.parameters == {"project_dir": str(ROOT), "runner": "subprocess", "env": "cluster",
+                                  "ray_address": "ray://ray-head:10001"}
+    assert weekly.parameters == {"project_dir": str(ROOT), "runner": "subprocess", "env": "cluster"}
+    assert all(d.concurrency_limit == 1 for d in built)
     # the parameter schema comes from the flow signature: the pipelines default to the full sequences
     defaults = {d.name: d._parameter_openapi_schema.properties["pipelines"]["default"] for d in built}
     assert defaults == {
@@ -197,6 +207,50 @@ def test_deployments_register_on_a_server_with_their_schedules(harness):
     assert [s.schedule.cron for s in weekly.schedules] == ["0 4 * * 0"]
     assert nightly.entrypoint == "pipelines/flows.py:curation_flow"
     assert nightly.parameters["env"] == "cluster"
+    assert nightly.parameters["ray_address"] == "ray://ray-head:10001"
     assert nightly.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
     ]
+
+
+def test_ray_address_reaches_kedro_as_curation_params():
+    assert cluster_ray_address(ROOT) == "ray://ray-head:10001"
+    assert cluster_ray_address(ROOT, "base") is None
+    params = _with_ray({"seed": 3}, "ray://ray-head:10001")
+    command = kedro_command("curation", env="cluster", params=params)
+    # what Kedro's CLI makes of the --params string: the nested runtime parameters
+    from kedro.framework.cli.utils import _split_params
+
+    parsed = _split_params(None, None, command[-1].removeprefix("--params="))
+    assert parsed == {"seed": 3, "curation": {"executor": "ray", "ray": {"address": "ray://ray-head:10001"}}}
+    assert _with_ray(None, None) is None
+
+
+def test_curation_cannot_overlap_training_on_the_cluster(harness, tmp_path):
+    """While a training run holds the cluster's slot, the nightly curation waits at most
+    slot_timeout_seconds, then fails without running a pipeline; once free, it runs."""
+    from prefect.concurrency.sync import concurrency
+
+    not_a_project = tmp_path / "empty"
+    not_a_project.mkdir()
+    with concurrency(CLUSTER_LIMIT, occupy=1, strict=True):  # a training run on the cluster
+        state = curation_flow(project_dir=str(not_a_project), pipelines=["ingestion"], retries=0,
+                              slot_timeout_seconds=1, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(TimeoutError):
+        state.result()
+    assert _task_runs(state.state_details.flow_run_id) == []  # no pipeline started
+    # slot free: the flow gets past it (and fails on the not-a-project directory, in its task)
+    state = training_flow(project_dir=str(not_a_project), pipelines=["stage1"], retries=0,
+                          slot_timeout_seconds=5, return_state=True)
+    with pytest.raises(FileNotFoundError, match="not a Kedro project"):
+        state.result()
+    assert [t.name for t in _task_runs(state.state_details.flow_run_id)] == ["kedro-stage1"]
+
+
+def test_a_pipeline_past_its_timeout_is_stopped(harness, tiny_project):
+    state = kedro_flow(pipelines=["ingestion"], project_dir=str(tiny_project), retries=0, timeout_seconds=0.5,
+                       return_state=True)
+    assert state.is_failed()
+    with pytest.raises(TimeoutError, match="ran past its 0.5 s timeout"):
+        state.result()

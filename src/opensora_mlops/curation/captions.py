@@ -108,7 +108,7 @@ class CaptionConfig:
     """``curation.captions`` parameters.
 
     ``source`` "metadata" uses the input table's ``text_column``; "vlm" runs an image-text-to-text model
-    from ``vlm_path`` (a local transformers directory) on ``vlm_frames`` frames of each clip.
+    from ``vlm_path`` (a local transformers directory, on ``vlm_device``) on ``vlm_frames`` frames of each clip.
     ``missing_text`` decides what a clip without a caption gets: "drop" (quarantined), "filename" (its
     source file's name in words) or "empty".
     ``shot_separator``: a source caption that describes every shot in order, joined by this separator
@@ -123,6 +123,7 @@ class CaptionConfig:
     vlm_prompt: str = "Describe this video in one sentence."
     vlm_max_new_tokens: int = 60
     vlm_frames: int = 1
+    vlm_device: str = "cpu"
     prefixes: Sequence[str] = field(default=DEFAULT_PREFIXES)
     first_letter: str = "upper"
     missing_text: str = "drop"
@@ -183,13 +184,14 @@ def shot_caption(text: Any, scene_index: int, num_scenes: int, separator: str) -
 class VLMCaptioner:
     """An image-text-to-text model from a local transformers directory (loaded lazily, offline)."""
 
-    def __init__(self, path: str, prompt: str, max_new_tokens: int = 60) -> None:
+    def __init__(self, path: str, prompt: str, max_new_tokens: int = 60, device: str = "cpu") -> None:
         if not Path(path).is_dir():
             raise ConfigError(f"curation.captions.vlm_path is not a directory: {path!r}")
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        self.model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval().to(device)
+        self.device = device
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
 
@@ -201,7 +203,7 @@ class VLMCaptioner:
         messages = [{"role": "user", "content": [*({"type": "image"} for _ in images),
                                                   {"type": "text", "text": self.prompt}]}]
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(images=images, text=prompt, return_tensors="pt")
+        inputs = self.processor(images=images, text=prompt, return_tensors="pt").to(self.device)
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
@@ -212,7 +214,8 @@ def vlm_raw_captions(clips: pd.DataFrame, config: CaptionConfig, captioner: VLMC
     """The VLM's raw caption of every clip (``vlm_frames`` frames spread over each)."""
     from opensora_mlops.curation.scorers import sample_clip
 
-    captioner = captioner or VLMCaptioner(config.vlm_path, config.vlm_prompt, config.vlm_max_new_tokens)
+    captioner = captioner or VLMCaptioner(config.vlm_path, config.vlm_prompt, config.vlm_max_new_tokens,
+                                          config.vlm_device)
     raw = []
     for path, n in zip(clips["path"], clips["num_frames"], strict=True):
         step = max(1, int(n) // max(1, config.vlm_frames))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from opensora_mlops.config import ConfigError, check_keys, strict_dataclass
 from opensora_mlops.curation.captions import (
     CaptionConfig,
     CaptionSourceError,
+    VLMCaptioner,
     caption_strategy_problem,
     caption_table,
     vlm_raw_captions,
@@ -44,6 +45,7 @@ from opensora_mlops.curation.errors import CurationInputError
 from opensora_mlops.curation.filters import StageFilter, apply_stage_filter
 from opensora_mlops.curation.frames import rate_fraction
 from opensora_mlops.curation.partitions import (
+    EXECUTORS,
     PartitionStore,
     PartitionTask,
     code_version,
@@ -53,6 +55,7 @@ from opensora_mlops.curation.partitions import (
     partition_key,
     run_partitioned,
 )
+from opensora_mlops.curation.ray_executor import RayConfig
 from opensora_mlops.curation.scenes import Scene, SceneDetectionConfig, detect_scenes
 from opensora_mlops.curation.scorers import ClipScorer, ScoringConfig, bundled_text_detector, sample_clip
 
@@ -83,10 +86,17 @@ class CurationConfig:
     stages: dict[str, StageFilter]
     ground_truth: str | None = None
     contracts_dir: str | None = "data/08_reporting/contracts"
+    executor: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"curation.executor must be one of {list(EXECUTORS)}, got {self.executor!r}")
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> CurationConfig:
-        allowed = ["scenes", "clips", "scoring", "captions", "partitions", "stages", "ground_truth", "contracts_dir"]
+        allowed = ["scenes", "clips", "scoring", "captions", "partitions", "stages", "ground_truth", "contracts_dir",
+                   "executor", "ray"]
         check_keys(params, allowed, "curation")
         stages = {
             str(name): StageFilter.from_dict(values, f"curation.stages.{name}")
@@ -101,7 +111,15 @@ class CurationConfig:
             stages=stages,
             ground_truth=params.get("ground_truth"),
             contracts_dir=params.get("contracts_dir", "data/08_reporting/contracts"),
+            executor=str(params.get("executor") or "local"),
+            ray=strict_dataclass(RayConfig, dict(params.get("ray") or {}), "curation.ray"),
         )
+
+    def run_partitioned(self, tasks, fn, step: str, desc: str, gpu: bool = False, is_valid=None):
+        """:func:`run_partitioned` of one step with this configuration's store, executor and workers."""
+        return run_partitioned(tasks, fn, PartitionStore(self.partitions.root, step), self.partitions.workers, desc,
+                               is_valid=is_valid, progress=self.partitions.progress, executor=self.executor,
+                               ray=self.ray, gpu=gpu)
 
 
 FLOAT_COLUMNS = ("aspect_ratio", "fps", "duration", "scene_start", "scene_end", "aes", "flow", "ocr", "match")
@@ -399,9 +417,7 @@ def run_scenes(raw: pd.DataFrame, config: CurationConfig) -> tuple[pd.DataFrame,
     tasks, duplicates = source_tasks(raw, config)
     work = [PartitionTask(t.name, {"row": t.row, "scenes": asdict(config.scenes), "clips": asdict(config.clips)})
             for t in tasks]
-    store = PartitionStore(config.partitions.root, "scenes")
-    run = run_partitioned(work, scene_partition, store, config.partitions.workers, "scene detection",
-                          progress=config.partitions.progress)
+    run = config.run_partitioned(work, scene_partition, "scenes", "scene detection")
     kept, dropped = [], [duplicates]
     for task in tasks:
         scenes, bad = run.parts[task.name]
@@ -437,9 +453,7 @@ def run_clips(
                                          "out_dir": clip_out_dir(task, key, config), "label": task.label,
                                          "retime_fps": float(retime) if retime else None}))
         info[name] = task
-    store = PartitionStore(config.partitions.root, "clips")
-    run = run_partitioned(work, clip_partition, store, config.partitions.workers, "cutting clips",
-                          is_valid=clips_exist, progress=config.partitions.progress)
+    run = config.run_partitioned(work, clip_partition, "clips", "cutting clips", is_valid=clips_exist)
     kept, dropped = [], []
     for item in work:
         task = info[item.name]
@@ -461,12 +475,26 @@ def run_clips(
             StepReport("clips", len(run.computed), len(run.reused)))
 
 
+_CAPTIONERS: dict[tuple[Any, ...], VLMCaptioner] = {}
+
+
+def captioner_for(config: CaptionConfig) -> VLMCaptioner:
+    """One VLM (loaded once) per process and model/prompt/device: a worker or GPU actor captions many
+    videos with it (a changed model directory, same path, loads again: its fingerprint is memoised by
+    file size and mtime, so this is a stat per file)."""
+    key = (config.vlm_path, files_fingerprint(config.vlm_path), config.vlm_prompt, config.vlm_max_new_tokens, config.vlm_device)
+    if key not in _CAPTIONERS:
+        _CAPTIONERS[key] = VLMCaptioner(config.vlm_path, config.vlm_prompt, config.vlm_max_new_tokens,
+                                        config.vlm_device)
+    return _CAPTIONERS[key]
+
+
 def caption_partition(payload: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """payload: ``clips`` (path, num_frames, clip_id rows of one video) and ``captions`` config: the VLM's
     raw captions by ``clip_id``."""
     config = CaptionConfig(**payload["captions"])
     clips = pd.DataFrame(payload["clips"])
-    raw = vlm_raw_captions(clips, config)
+    raw = vlm_raw_captions(clips, config, captioner_for(config))
     return pd.DataFrame({"clip_id": clips["clip_id"], "text_raw": raw}), empty_dropped()
 
 
@@ -495,9 +523,9 @@ def run_captions(clips: pd.DataFrame, config: CurationConfig, captioner=None) ->
             rows = group[["path", "num_frames", "clip_id"]].to_dict(orient="records")
             tasks.append(PartitionTask(f"{str(name)[:60]}-{key}", {"clips": [_jsonable(r) for r in rows],
                                                                     "captions": asdict(config.captions)}))
-        store = PartitionStore(config.partitions.root, "captions")
-        run = run_partitioned(tasks, caption_partition, store, config.partitions.workers, "captioning clips",
-                              progress=config.partitions.progress)
+        # the VLM needs a GPU on a cluster: its videos go to GPU actors that keep the model loaded
+        run = config.run_partitioned(tasks, caption_partition, "captions", "captioning clips",
+                                     gpu=str(config.captions.vlm_device).startswith("cuda"))
         by_id = dict(zip(run.kept["clip_id"], run.kept["text_raw"], strict=True))
         raw_captions = [by_id[c] for c in clips["clip_id"]]
     captioned, missing = caption_table(clips, config.captions, captioner=captioner, raw_captions=raw_captions)
@@ -523,9 +551,9 @@ def run_scores(captioned: pd.DataFrame, config: CurationConfig) -> tuple[pd.Data
             tasks.append(PartitionTask(f"{str(name)[:60]}-{key}",
                                        {"clips": [_jsonable(r) for r in group.to_dict(orient="records")],
                                         "scoring": asdict(config.scoring)}))
-    store = PartitionStore(config.partitions.root, "scores")
-    run = run_partitioned(tasks, score_partition, store, config.partitions.workers, "scoring clips",
-                          progress=config.partitions.progress)
+    # CUDA scorers (CLIP aesthetic / match) run in GPU actors; CPU scorers as plain tasks
+    run = config.run_partitioned(tasks, score_partition, "scores", "scoring clips",
+                                 gpu=str(config.scoring.device).startswith("cuda"))
     scores = run.kept
     if len(captioned) and len(scores):
         scored = captioned.merge(scores, on="clip_id", how="inner", validate="one_to_one")

@@ -259,7 +259,9 @@ def _write_clip(
     source: Path, plan: ClipPlan, frames: np.ndarray, out_dir: Path, config: ClipConfig, label: str | None
 ) -> dict[str, Any]:
     name = clip_name(source, plan, label)
-    tmp = write_video(_partial(out_dir, name, ".mp4"), frames, plan.fps, crf=config.crf)
+    # one encoder thread: a clip is the same bytes on every machine and executor (libx264's automatic
+    # thread count follows the CPUs a process sees); curation runs videos in parallel instead
+    tmp = write_video(_partial(out_dir, name, ".mp4"), frames, plan.fps, crf=config.crf, threads=1)
     path = _finish(Path(tmp), out_dir / f"{name}.mp4")
     t, h, w, _ = frames.shape
     return _clip_row(path, name, plan, t, h, w)

@@ -1,16 +1,22 @@
-"""Partition-by-partition curation: one partition per source video, cached, optionally in parallel.
+"""Partition-by-partition curation: one partition per source video, cached, locally or on a Ray cluster.
 
 Each curation step (scenes, clips, captions, scores) maps a per-video function over the videos. Its
 result for one video is stored as a Parquet partition ``<root>/<step>/<name>-<key>.parquet`` (rows kept)
-plus ``…-<key>.dropped.parquet`` (rows quarantined, with ``reason``). The key is content-addressed: it
-hashes the video's bytes (SHA-256, :func:`file_fingerprint`), every parameter and input that changes the
-step's output, the step's code (:func:`code_version`: the source of its modules and the versions of the
-libraries doing the work) and the key of the step before it — never an absolute path or an mtime, so
-a moved data root reuses its partitions and an edited file, parameter or caption is recomputed. The
-partitions hold no absolute paths either: the caller attaches the current ones after loading.
+plus ``…-<key>.dropped.parquet`` (rows quarantined, with ``reason``; written last, so it marks the
+partition done). The key is content-addressed: it hashes the video's bytes (SHA-256,
+:func:`file_fingerprint`), every parameter and input that changes the step's output, the step's code
+(:func:`code_version`: the source of its modules and the versions of the libraries doing the work) and
+the key of the step before it — never an absolute path or an mtime, so a moved data root reuses its
+partitions and an edited file, parameter or caption is recomputed. The partitions hold no absolute
+paths either: the caller attaches the current ones after loading.
 
-:func:`run_partitioned` maps the work over a ``concurrent.futures.ProcessPoolExecutor`` with
-``workers`` processes (1 = in process). Work functions and their arguments are plain picklable data.
+``root`` is a folder or any fsspec URL (``s3://bucket/prefix``, ``gs://…``, ``memory://…``): a store
+on shared storage is reused by every machine that computes the same keys.
+
+:func:`run_partitioned` maps the work with the ``local`` executor (a
+``concurrent.futures.ProcessPoolExecutor`` of ``workers`` processes; 1 = in process) or the ``ray``
+executor (:mod:`opensora_mlops.curation.ray_executor`). Either way each video's partition is written
+as soon as that video is done. Work functions and their arguments are plain picklable data.
 """
 
 from __future__ import annotations
@@ -26,12 +32,19 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import fsspec
 import pandas as pd
+from fsspec.implementations.local import LocalFileSystem
 from tqdm.auto import tqdm
 
 from opensora_mlops.config import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from opensora_mlops.curation.ray_executor import RayConfig
+
+EXECUTORS = ("local", "ray")
 
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}  # per process: each file is read once per run
 
@@ -97,39 +110,70 @@ def partition_key(fingerprint: str, *params: Any) -> str:
     return params_hash(fingerprint, *params)[:20]
 
 
+def _is_url(root: str) -> bool:
+    return "://" in root
+
+
 @dataclass(frozen=True)
 class PartitionStore:
-    """Parquet partitions of one step under ``root/step``."""
+    """Parquet partitions of one step under ``root/step``; ``root`` is a folder or an fsspec URL."""
 
     root: str
     step: str
 
     @property
-    def folder(self) -> Path:
-        return Path(self.root) / self.step
+    def folder(self) -> str:
+        """``root/step`` as a path of the store's filesystem (a URL keeps its scheme)."""
+        return f"{str(self.root).rstrip('/')}/{self.step}"
 
-    def _paths(self, name: str) -> tuple[Path, Path]:
-        return self.folder / f"{name}.parquet", self.folder / f"{name}.dropped.parquet"
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return _filesystem(str(self.root))[0]
+
+    def _path(self, name: str, suffix: str) -> str:
+        return f"{_filesystem(str(self.root))[1]}/{self.step}/{name}{suffix}"
+
+    def absolute(self) -> PartitionStore:
+        """The same store with a local root made absolute (another process may run in another folder)."""
+        return self if _is_url(str(self.root)) else PartitionStore(str(Path(self.root).resolve()), self.step)
 
     def load(self, name: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-        kept, dropped = self._paths(name)
-        if not (kept.exists() and dropped.exists()):
+        fs = self.fs
+        kept, dropped = self._path(name, ".parquet"), self._path(name, ".dropped.parquet")
+        if not (fs.exists(dropped) and fs.exists(kept)):
             return None
-        return pd.read_parquet(kept), pd.read_parquet(dropped)
+        with fs.open(kept, "rb") as kept_fh, fs.open(dropped, "rb") as dropped_fh:
+            return pd.read_parquet(kept_fh), pd.read_parquet(dropped_fh)
 
     def save(self, name: str, kept: pd.DataFrame, dropped: pd.DataFrame) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        kept_path, dropped_path = self._paths(name)
-        # write-then-rename, so an interrupted run never leaves a half partition that looks done
-        for frame, path in ((kept, kept_path), (dropped, dropped_path)):
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            frame.to_parquet(tmp, index=False)
-            tmp.replace(path)
+        fs = self.fs
+        local = isinstance(fs, LocalFileSystem)
+        fs.makedirs(self._path("", "").rstrip("/"), exist_ok=True)
+        # the dropped rows last: their file marks the partition done. Local files are written then
+        # renamed, so an interrupted run never leaves a half partition that looks done; an object store
+        # shows an object only once its upload completed.
+        for frame, suffix in ((kept, ".parquet"), (dropped, ".dropped.parquet")):
+            path = self._path(name, suffix)
+            target = f"{path}.tmp{os.getpid()}" if local else path
+            with fs.open(target, "wb") as fh:
+                frame.to_parquet(fh, index=False)
+            if local:
+                fs.mv(target, path)
 
     def names(self) -> list[str]:
-        if not self.folder.exists():
+        fs = self.fs
+        folder = self._path("", "").rstrip("/")
+        if not fs.exists(folder):
             return []
-        return sorted(p.name[: -len(".dropped.parquet")] for p in self.folder.glob("*.dropped.parquet"))
+        found = fs.glob(f"{folder}/*.dropped.parquet")
+        return sorted(Path(p).name[: -len(".dropped.parquet")] for p in found)
+
+
+def _filesystem(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path in it) of a folder or URL; a relative folder is taken from the current working
+    directory at each call (fsspec caches the filesystem instances)."""
+    fs, path = fsspec.core.url_to_fs(root)
+    return fs, path.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -155,7 +199,8 @@ class PartitionRun:
 WorkFn = Callable[[Mapping[str, Any]], tuple[pd.DataFrame, pd.DataFrame]]
 
 
-def _run_one(fn: WorkFn, task: PartitionTask, store: PartitionStore) -> str:
+def compute_partition(fn: WorkFn, task: PartitionTask, store: PartitionStore) -> str:
+    """Run one video's work and store its partition (in whichever process or machine runs it)."""
     kept, dropped = fn(task.payload)
     store.save(task.name, kept, dropped)
     return task.name
@@ -169,11 +214,18 @@ def run_partitioned(
     desc: str = "partitions",
     is_valid: Callable[[PartitionTask, pd.DataFrame], bool] | None = None,
     progress: bool = True,
+    executor: str = "local",
+    ray: RayConfig | None = None,
+    gpu: bool = False,
 ) -> PartitionRun:
-    """Compute the partitions not stored yet (in ``workers`` processes), then load all of them.
+    """Compute the partitions not stored yet, then load all of them.
 
-    ``is_valid(task, kept)`` may reject a stored partition (e.g. its clip files were deleted): it is redone.
+    ``executor`` "local": ``workers`` processes on this machine; "ray": Ray tasks on the cluster of
+    ``ray`` (``gpu=True``: the step needs GPUs, so it runs in GPU actors). ``is_valid(task, kept)`` may
+    reject a stored partition (e.g. its clip files were deleted): it is redone.
     """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"curation.executor must be one of {list(EXECUTORS)}, got {executor!r}")
     if workers < 1:
         raise ConfigError(f"curation.partitions.workers must be >= 1, got {workers}")
     names = [t.name for t in tasks]
@@ -188,22 +240,15 @@ def run_partitioned(
         else:
             todo.append(task)
     bar = tqdm(total=len(todo), desc=desc, unit="video", disable=not progress or not todo)
-    if workers == 1 or len(todo) <= 1:
-        for task in todo:
-            _run_one(fn, task, store)
-            bar.update()
-    else:
-        # forkserver: workers fork from a clean single-threaded server, never from this process, whose
-        # FFmpeg/OpenCV thread pools may be mid-operation (fork + threads can deadlock)
-        context = multiprocessing.get_context("forkserver")
-        # the server imports the work function's module once; each worker forks from it ready to go
-        context.set_forkserver_preload([fn.__module__])
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-            futures = [pool.submit(_run_one, fn, task, store) for task in todo]
-            for future in as_completed(futures):
-                future.result()
-                bar.update()
-    bar.close()
+    try:
+        if executor == "ray":
+            from opensora_mlops.curation.ray_executor import RayConfig, map_partitions
+
+            map_partitions(todo, fn, store.absolute(), ray or RayConfig(), desc, lambda _name: bar.update(), gpu=gpu)
+        else:
+            _map_local(todo, fn, store, workers, bar)
+    finally:
+        bar.close()
     kept_parts, dropped_parts, parts = [], [], {}
     for task in tasks:
         stored = store.load(task.name)
@@ -213,6 +258,24 @@ def run_partitioned(
         dropped_parts.append(stored[1])
         parts[task.name] = stored
     return PartitionRun(_concat(kept_parts), _concat(dropped_parts), [t.name for t in todo], reused, parts)
+
+
+def _map_local(todo: Sequence[PartitionTask], fn: WorkFn, store: PartitionStore, workers: int, bar) -> None:
+    if workers == 1 or len(todo) <= 1:
+        for task in todo:
+            compute_partition(fn, task, store)
+            bar.update()
+        return
+    # forkserver: workers fork from a clean single-threaded server, never from this process, whose
+    # FFmpeg/OpenCV thread pools may be mid-operation (fork + threads can deadlock)
+    context = multiprocessing.get_context("forkserver")
+    # the server imports the work function's module once; each worker forks from it ready to go
+    context.set_forkserver_preload([fn.__module__])
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+        futures = [pool.submit(compute_partition, fn, task, store) for task in todo]
+        for future in as_completed(futures):
+            future.result()
+            bar.update()
 
 
 def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:

@@ -25,10 +25,24 @@ def _as_uint8_frames(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
+def _yuv420p(rgb: np.ndarray) -> av.VideoFrame:
+    """An RGB frame converted to yuv420p with every plane's row padding (line size beyond the width)
+    set to the row's last pixel: the converter leaves it uninitialised, and libx264 reads it when the
+    width is not a multiple of 16, so the same frames would otherwise encode to different bytes."""
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    for plane in frame.planes:
+        if plane.line_size > plane.width:
+            rows = np.frombuffer(plane, np.uint8)[: plane.height * plane.line_size].reshape(plane.height, plane.line_size)
+            rows[:, plane.width:] = rows[:, plane.width - 1 : plane.width]
+    return frame
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18, threads: int | None = None) -> Path:
     """Encode ``frames`` (T, H, W, 3 uint8 RGB) as H.264 MP4 at ``fps``; returns the path.
 
-    Odd sizes are padded by one edge pixel because yuv420p needs even dimensions.
+    Odd sizes are padded by one edge pixel because yuv420p needs even dimensions. ``threads``: libx264's
+    encoder and lookahead threads (None: automatic, from the CPUs this process sees, so the bytes can
+    differ between machines); ``threads=1`` encodes the same frames to the same bytes anywhere.
     """
     frames = _as_uint8_frames(frames)
     if not 0 < fps <= 240:
@@ -45,8 +59,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18)
         stream.width, stream.height = w + pad_w, h + pad_h
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf), "preset": "veryfast"}
+        if threads:
+            stream.options = {**stream.options, "threads": str(threads), "x264-params": f"lookahead-threads={threads}"}
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            for packet in stream.encode(_yuv420p(frame)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
