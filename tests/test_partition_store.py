@@ -77,6 +77,6 @@ def test_store_roundtrip_and_done_marker(bucket):
     pd.testing.assert_frame_equal(loaded[1], dropped)
     assert store.names() == ["v-1"]
     # kept rows without the dropped file (an upload cut short) is not a finished partition
-    with store.fs.open(f"{bucket}/scores/v-2.parquet", "wb") as fh:
+    with fsspec.open(f"{bucket}/scores/v-2.parquet", "wb") as fh:
         kept.to_parquet(fh)
     assert store.load("v-2") is None and store.names() == ["v-1"]

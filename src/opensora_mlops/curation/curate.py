@@ -45,9 +45,9 @@ from opensora_mlops.curation.errors import CurationInputError
 from opensora_mlops.curation.filters import StageFilter, apply_stage_filter
 from opensora_mlops.curation.frames import rate_fraction
 from opensora_mlops.curation.partitions import (
-    EXECUTORS,
     PartitionStore,
     PartitionTask,
+    check_executor,
     code_version,
     file_fingerprint,
     files_fingerprint,
@@ -90,8 +90,7 @@ class CurationConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"curation.executor must be one of {list(EXECUTORS)}, got {self.executor!r}")
+        check_executor(self.executor)
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> CurationConfig:

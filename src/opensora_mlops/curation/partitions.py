@@ -46,6 +46,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 EXECUTORS = ("local", "ray")
 
+
+def check_executor(executor: str) -> None:
+    """``curation.executor`` is one of :data:`EXECUTORS` (a ConfigError otherwise)."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"curation.executor must be one of {list(EXECUTORS)}, got {executor!r}")
+
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}  # per process: each file is read once per run
 
 
@@ -121,39 +127,33 @@ class PartitionStore:
     root: str
     step: str
 
-    @property
-    def folder(self) -> str:
-        """``root/step`` as a path of the store's filesystem (a URL keeps its scheme)."""
-        return f"{str(self.root).rstrip('/')}/{self.step}"
-
-    @property
-    def fs(self) -> fsspec.AbstractFileSystem:
-        return _filesystem(str(self.root))[0]
-
-    def _path(self, name: str, suffix: str) -> str:
-        return f"{_filesystem(str(self.root))[1]}/{self.step}/{name}{suffix}"
+    def _located(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        """(filesystem, ``root/step`` as a path in it), resolved once per operation: a relative folder
+        is taken from the current working directory at each call (fsspec caches the filesystems)."""
+        fs, path = fsspec.core.url_to_fs(str(self.root))
+        return fs, f"{path.rstrip('/')}/{self.step}"
 
     def absolute(self) -> PartitionStore:
         """The same store with a local root made absolute (another process may run in another folder)."""
         return self if _is_url(str(self.root)) else PartitionStore(str(Path(self.root).resolve()), self.step)
 
     def load(self, name: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-        fs = self.fs
-        kept, dropped = self._path(name, ".parquet"), self._path(name, ".dropped.parquet")
+        fs, folder = self._located()
+        kept, dropped = f"{folder}/{name}.parquet", f"{folder}/{name}.dropped.parquet"
         if not (fs.exists(dropped) and fs.exists(kept)):
             return None
         with fs.open(kept, "rb") as kept_fh, fs.open(dropped, "rb") as dropped_fh:
             return pd.read_parquet(kept_fh), pd.read_parquet(dropped_fh)
 
     def save(self, name: str, kept: pd.DataFrame, dropped: pd.DataFrame) -> None:
-        fs = self.fs
+        fs, folder = self._located()
         local = isinstance(fs, LocalFileSystem)
-        fs.makedirs(self._path("", "").rstrip("/"), exist_ok=True)
+        fs.makedirs(folder, exist_ok=True)
         # the dropped rows last: their file marks the partition done. Local files are written then
         # renamed, so an interrupted run never leaves a half partition that looks done; an object store
         # shows an object only once its upload completed.
         for frame, suffix in ((kept, ".parquet"), (dropped, ".dropped.parquet")):
-            path = self._path(name, suffix)
+            path = f"{folder}/{name}{suffix}"
             target = f"{path}.tmp{os.getpid()}" if local else path
             with fs.open(target, "wb") as fh:
                 frame.to_parquet(fh, index=False)
@@ -161,20 +161,11 @@ class PartitionStore:
                 fs.mv(target, path)
 
     def names(self) -> list[str]:
-        fs = self.fs
-        folder = self._path("", "").rstrip("/")
+        fs, folder = self._located()
         if not fs.exists(folder):
             return []
         found = fs.glob(f"{folder}/*.dropped.parquet")
         return sorted(Path(p).name[: -len(".dropped.parquet")] for p in found)
-
-
-def _filesystem(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path in it) of a folder or URL; a relative folder is taken from the current working
-    directory at each call (fsspec caches the filesystem instances)."""
-    fs, path = fsspec.core.url_to_fs(root)
-    return fs, path.rstrip("/")
-
 
 @dataclass(frozen=True)
 class PartitionTask:
@@ -224,8 +215,7 @@ def run_partitioned(
     ``ray`` (``gpu=True``: the step needs GPUs, so it runs in GPU actors). ``is_valid(task, kept)`` may
     reject a stored partition (e.g. its clip files were deleted): it is redone.
     """
-    if executor not in EXECUTORS:
-        raise ConfigError(f"curation.executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    check_executor(executor)
     if workers < 1:
         raise ConfigError(f"curation.partitions.workers must be >= 1, got {workers}")
     names = [t.name for t in tasks]

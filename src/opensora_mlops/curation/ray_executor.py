@@ -129,10 +129,6 @@ class _PartitionActor:
         return _run_one(fn, task, store, cwd)
 
 
-def _cluster_gpus(ray) -> float:
-    return float(ray.cluster_resources().get("GPU", 0.0))
-
-
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]
@@ -163,12 +159,12 @@ def map_partitions(
     if gpu:
         actor_cls = ray.remote(_PartitionActor).options(num_cpus=config.cpus_per_task,
                                                         num_gpus=config.gpus_per_actor, max_restarts=0)
-        count = config.gpu_actors or max(1, int(_cluster_gpus(ray) // config.gpus_per_actor))
-        count = min(count, len(todo))
-        if _cluster_gpus(ray) < config.gpus_per_actor:
-            raise ConfigError(f"{desc} runs on GPUs but the Ray cluster has {_cluster_gpus(ray):g} "
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        if gpus < config.gpus_per_actor:
+            raise ConfigError(f"{desc} runs on GPUs but the Ray cluster has {gpus:g} "
                               f"(curation.ray.gpus_per_actor is {config.gpus_per_actor:g}); set the stage's "
                               "device to cpu or join a cluster with GPUs (curation.ray.address)")
+        count = min(config.gpu_actors or max(1, int(gpus // config.gpus_per_actor)), len(todo))
         actors = [actor_cls.remote() for _ in range(count)]
         make_actor = actor_cls.remote
     else:

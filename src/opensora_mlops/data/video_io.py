@@ -58,9 +58,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18,
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = w + pad_w, h + pad_h
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
-        if threads:
-            stream.options = {**stream.options, "threads": str(threads), "x264-params": f"lookahead-threads={threads}"}
+        pinned = {"threads": str(threads), "x264-params": f"lookahead-threads={threads}"} if threads else {}
+        stream.options = {"crf": str(crf), "preset": "veryfast", **pinned}
         for frame in frames:
             for packet in stream.encode(_yuv420p(frame)):
                 container.mux(packet)
