@@ -7,6 +7,7 @@ is for whole clips: the synthetic corpus, cut clips, generated samples.
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import cache
 from pathlib import Path
 
 import av
@@ -37,12 +38,35 @@ def _yuv420p(rgb: np.ndarray) -> av.VideoFrame:
     return frame
 
 
+# x264's AVX-512 routines read past the end of the input planes, so on an AVX-512 CPU the same frames
+# encode to different bytes depending on whatever the heap holds there (measured: 10 different files in
+# 40 encodes of one 96x64 clip, against 1 with AVX-512 left out). Every CPU with AVX-512 also has this
+# AVX2-level set, so naming it keeps x264's SIMD everywhere else at the same speed.
+_X264_AVX2_LEVEL = "MMX2,SSE,SSE2,SSE3,SSSE3,SSE4.1,SSE4.2,AVX,LZCNT,BMI1,BMI2,FMA3,AVX2"
+
+
+@cache
+def _x264_asm_for_reproducible_bytes() -> str | None:
+    """x264's ``asm`` flags for a byte-reproducible encode: the AVX2 level on an AVX-512 CPU, else None
+    (x264's own detection, which then never picks AVX-512)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # pragma: no cover - numpy's layout changed: fall back to the kernel's list
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:
+            return None
+        features = {"AVX512F": "avx512f" in flags, "X86_V3": {"avx2", "bmi2", "fma", "abm"} <= set(flags)}
+    return _X264_AVX2_LEVEL if features.get("AVX512F") and features.get("X86_V3") else None
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18, threads: int | None = None) -> Path:
     """Encode ``frames`` (T, H, W, 3 uint8 RGB) as H.264 MP4 at ``fps``; returns the path.
 
     Odd sizes are padded by one edge pixel because yuv420p needs even dimensions. ``threads``: libx264's
     encoder and lookahead threads (None: automatic, from the CPUs this process sees, so the bytes can
-    differ between machines); ``threads=1`` encodes the same frames to the same bytes anywhere.
+    differ between machines); ``threads=1`` encodes the same frames to the same bytes on a machine and
+    on any other with the same CPU features (on AVX-512 CPUs it also leaves x264's AVX-512 code out).
     """
     frames = _as_uint8_frames(frames)
     if not 0 < fps <= 240:
@@ -58,7 +82,11 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18,
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = w + pad_w, h + pad_h
         stream.pix_fmt = "yuv420p"
-        pinned = {"threads": str(threads), "x264-params": f"lookahead-threads={threads}"} if threads else {}
+        pinned = {}
+        if threads:
+            asm = _x264_asm_for_reproducible_bytes() if threads == 1 else None
+            params = f"lookahead-threads={threads}" + (f":asm={asm}" if asm else "")
+            pinned = {"threads": str(threads), "x264-params": params}
         stream.options = {"crf": str(crf), "preset": "veryfast", **pinned}
         for frame in frames:
             for packet in stream.encode(_yuv420p(frame)):
