@@ -61,8 +61,11 @@ class HashText:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
+    return stage_clips(tmp_path_factory.mktemp("corpus"))
+
+
+def stage_clips(root):
     """Four single-shot clips of 18-30 frames at 144x256 and a still image, as a stage's bucket table."""
-    root = tmp_path_factory.mktemp("corpus")
     cfg = {"seed": 2, "num_single_shot": 4, "single_shot_sizes": [[144, 256]],
            "single_shot_duration_seconds": [0.75, 1.0], "num_videos": 0, "num_large": 0, "num_images": 1,
            "sizes": [[144, 256]], "defects": {}}

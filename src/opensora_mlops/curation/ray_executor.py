@@ -153,71 +153,120 @@ def map_partitions(
         return
     ray = import_ray()
     connect(config)
+    fn_ref, store_ref, cwd = ray.put(fn), ray.put(store), os.getcwd()
+    pool = ActorPool(ray.remote(_PartitionActor), config, desc, len(todo), gpu=True) if gpu else None
+    remote = ray.remote(_run_one).options(num_cpus=config.cpus_per_task, max_retries=0)
+
+    def submit(task: PartitionTask, actor: Any) -> Any:
+        if actor is not None:
+            return actor.run.remote(fn_ref, task, store_ref, cwd)
+        return remote.remote(fn_ref, task, store_ref, cwd)
+
+    map_with_retries(todo, lambda task: task.name, submit, config, desc, on_done, pool)
+
+
+class ActorPool:
+    """``count`` actors of ``actor_cls`` (a ``ray.remote`` class) each reserving ``cpus_per_task`` CPUs
+    and, with ``gpu``, ``gpus_per_actor`` GPUs; ``count`` defaults to the cluster's GPUs / GPUs per actor
+    (``gpu_actors`` overrides), or its CPUs / CPUs per task for CPU actors, never more than ``todo``.
+    A ConfigError when a GPU pool meets a cluster without GPUs. ``args`` go to every actor's ``__init__``."""
+
+    def __init__(self, actor_cls: Any, config: RayConfig, desc: str, todo: int, gpu: bool,
+                 args: Sequence[Any] = ()) -> None:
+        ray = import_ray()
+        resources = ray.cluster_resources()
+        options = {"num_cpus": config.cpus_per_task, "max_restarts": 0}
+        if gpu:
+            gpus = float(resources.get("GPU", 0.0))
+            if gpus < config.gpus_per_actor:
+                raise ConfigError(f"{desc} runs on GPUs but the Ray cluster has {gpus:g} "
+                                  f"(curation.ray.gpus_per_actor is {config.gpus_per_actor:g}); set the stage's "
+                                  "device to cpu or join a cluster with GPUs (curation.ray.address)")
+            options["num_gpus"] = config.gpus_per_actor
+            fits = int(gpus // config.gpus_per_actor)
+        else:
+            fits = int(float(resources.get("CPU", 1.0)) // config.cpus_per_task)
+        self._cls = actor_cls.options(**options)
+        self._args = tuple(args)
+        count = min(config.gpu_actors or max(1, fits), todo) if gpu else min(max(1, fits), todo)
+        self.actors = [self._new() for _ in range(count)]
+        self.load = [0] * count
+
+    def _new(self) -> Any:
+        return self._cls.remote(*self._args)
+
+    def replace(self, slot: int) -> None:
+        """A fresh actor in ``slot`` (its process died)."""
+        self.actors[slot] = self._new()
+
+    def least_loaded(self) -> int:
+        return min(range(len(self.actors)), key=self.load.__getitem__)
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            import_ray().kill(actor)
+
+
+def map_with_retries(
+    items: Sequence[Any],
+    name_of: Callable[[Any], str],
+    submit: Callable[[Any, Any], Any],
+    config: RayConfig,
+    desc: str,
+    on_done: Callable[[str], None],
+    pool: ActorPool | None = None,
+) -> None:
+    """Run every item on the cluster, at most ``max_in_flight`` at once: ``submit(item, actor)`` returns
+    the item's ObjectRef (``actor`` is the least busy of ``pool``'s actors, None without a pool). An
+    item whose call raised or whose worker died is resubmitted up to ``max_retries`` times (a dead actor
+    is replaced first); :class:`PartitionFailures` names those that still failed once the others are
+    done. ``on_done(name)`` after each success. Interrupted: submitted tasks are cancelled."""
+    ray = import_ray()
     from ray.exceptions import RayActorError, RayError
 
-    actors: list[Any] = []
-    if gpu:
-        actor_cls = ray.remote(_PartitionActor).options(num_cpus=config.cpus_per_task,
-                                                        num_gpus=config.gpus_per_actor, max_restarts=0)
-        gpus = float(ray.cluster_resources().get("GPU", 0.0))
-        if gpus < config.gpus_per_actor:
-            raise ConfigError(f"{desc} runs on GPUs but the Ray cluster has {gpus:g} "
-                              f"(curation.ray.gpus_per_actor is {config.gpus_per_actor:g}); set the stage's "
-                              "device to cpu or join a cluster with GPUs (curation.ray.address)")
-        count = min(config.gpu_actors or max(1, int(gpus // config.gpus_per_actor)), len(todo))
-        actors = [actor_cls.remote() for _ in range(count)]
-        make_actor = actor_cls.remote
-    else:
-        remote = ray.remote(_run_one).options(num_cpus=config.cpus_per_task, max_retries=0)
-
-    fn_ref = ray.put(fn)
-    store_ref = ray.put(store)
-    cwd = os.getcwd()
-    limit = min(config.max_in_flight, len(todo))
-    pending: deque[PartitionTask] = deque(todo)
-    inflight: dict[Any, tuple[PartitionTask, int]] = {}  # ObjectRef -> (task, actor slot or -1)
-    load = [0] * len(actors)
+    limit = min(config.max_in_flight, len(items))
+    pending: deque[Any] = deque(items)
+    inflight: dict[Any, tuple[Any, int]] = {}  # ObjectRef -> (item, actor slot or -1)
     attempts: dict[str, int] = {}
     failures: dict[str, str] = {}
     done = 0
     try:
         while pending or inflight:
             while pending and len(inflight) < limit:
-                task = pending.popleft()
-                if actors:
-                    slot = min(range(len(actors)), key=load.__getitem__)
-                    ref = actors[slot].run.remote(fn_ref, task, store_ref, cwd)
-                    load[slot] += 1
-                else:
-                    slot, ref = -1, remote.remote(fn_ref, task, store_ref, cwd)
-                inflight[ref] = (task, slot)
+                item = pending.popleft()
+                slot = pool.least_loaded() if pool is not None else -1
+                ref = submit(item, pool.actors[slot] if pool is not None else None)
+                if pool is not None:
+                    pool.load[slot] += 1
+                inflight[ref] = (item, slot)
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
-                task, slot = inflight.pop(ref)
-                if slot >= 0:
-                    load[slot] -= 1
+                item, slot = inflight.pop(ref)
+                name = name_of(item)
+                if pool is not None:
+                    pool.load[slot] -= 1
                 try:
                     ray.get(ref)
                 except RayError as exc:
-                    if slot >= 0 and isinstance(exc, RayActorError):
-                        actors[slot] = make_actor()  # its process died: a fresh one takes the slot
-                    attempts[task.name] = attempts.get(task.name, 0) + 1
-                    if attempts[task.name] <= config.max_retries:
-                        log.warning("%s: %s failed (attempt %d of %d), retrying: %s", desc, task.name,
-                                    attempts[task.name], config.max_retries + 1, _short(exc))
-                        pending.append(task)
+                    if pool is not None and isinstance(exc, RayActorError):
+                        pool.replace(slot)  # its process died: a fresh one takes the slot
+                    attempts[name] = attempts.get(name, 0) + 1
+                    if attempts[name] <= config.max_retries:
+                        log.warning("%s: %s failed (attempt %d of %d), retrying: %s", desc, name,
+                                    attempts[name], config.max_retries + 1, _short(exc))
+                        pending.append(item)
                     else:
-                        failures[task.name] = _short(exc)
+                        failures[name] = _short(exc)
                     continue
                 done += 1
-                on_done(task.name)
-    except BaseException:  # interrupted: stop the submitted tasks (finished partitions stay)
-        if not actors:
+                on_done(name)
+    except BaseException:  # interrupted: stop the submitted tasks (finished work stays)
+        if pool is None:
             for ref in inflight:
                 ray.cancel(ref, force=True)
         raise
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        if pool is not None:
+            pool.kill()
     if failures:
         raise PartitionFailures(desc, failures, done)

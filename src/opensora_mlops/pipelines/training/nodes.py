@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 PIPELINE_KEYS = ("name", "batch_scale", "frame_interval", "text_encoder", "data_source", "cache", "validation",
                  "runs_root", "cache_root", "launcher", "video_root", "threads")
 TRAIN_KEYS = tuple(f for f in TrainConfig.__dataclass_fields__ if f not in ("stage", "run_dir", "data"))
-CACHE_KEYS = ("holdout_fraction", "batch_size")
+CACHE_KEYS = ("holdout_fraction", "batch_size", "executor", "ray", "device")
 VALIDATION_KEYS = ("timesteps", "batch_size", "seed")
 
 
@@ -107,12 +107,17 @@ def cache_stage_latents(bucket_table: pd.DataFrame, vae_model: dict[str, Any], s
     if s.get("threads"):
         torch.set_num_threads(int(s["threads"]))
     cache = s.get("cache") or {}
+    from opensora_mlops.config import strict_dataclass
+    from opensora_mlops.curation.ray_executor import RayConfig
+
+    ray = strict_dataclass(RayConfig, dict(cache.get("ray") or {}), f"{s['name']}.cache.ray")
     manifest = build_stage_caches(
         kept, out_dir, build_vae(vae_model), build_text_encoder(s["text_encoder"]),
         frame_interval=frame_interval, video_root=s.get("video_root"),
         holdout_fraction=float(cache.get("holdout_fraction", 0.0)), seed=int(s.get("seed", 0)),
         batch_size=int(cache.get("batch_size", 4)), meta={"stage": s["name"]},
         reuse_key=_encoder_identity(vae_model, s["text_encoder"]),
+        executor=str(cache.get("executor", "local")), ray=ray, device=cache.get("device"),
     )  # fmt: skip
     return {"source": "cache", "stage": s["name"], "frame_interval": frame_interval, **manifest}
 
