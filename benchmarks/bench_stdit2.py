@@ -141,6 +141,18 @@ def train_step(model, kwargs):
     return step
 
 
+def autocast_train_step(model, kwargs, device):
+    """A training step of the fp32 model with the forward under bf16 autocast (what the trainer does with
+    ``dtype: bf16`` and the torch_ddp plugin); backward outside the autocast region, as recommended."""
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            out = model(**kwargs)
+        out.float().square().mean().backward()
+
+    return step
+
+
 def sample_step(model, kwargs):
     @torch.no_grad()
     def step():
@@ -246,7 +258,8 @@ def reference_kwargs(kwargs: dict) -> dict:
 
 
 def compare_dtypes(fp32_model: STDiT2, low_model: STDiT2, kwargs: dict, device, warmup: int, rounds: int,
-                   inner: int, timer: str, sample_only: bool) -> tuple[dict[str, list[float]], dict[str, float]]:
+                   inner: int, timer: str, sample_only: bool, autocast: bool = False,
+                   ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Interleaved step times of the fp32 model and its low-precision copy, and the low-precision sampling
     step's error against fp32 (max and mean |diff|, and mean |fp32 output| for scale)."""
     with torch.no_grad():
@@ -257,6 +270,8 @@ def compare_dtypes(fp32_model: STDiT2, low_model: STDiT2, kwargs: dict, device, 
     fns = {"fp32_sample": sample_step(fp32_model, kwargs), "low_sample": sample_step(low_model, kwargs)}
     if not sample_only:
         fns |= {"fp32_train": train_step(fp32_model, kwargs), "low_train": train_step(low_model, kwargs)}
+        if autocast:
+            fns["autocast_train"] = autocast_train_step(fp32_model, kwargs, device)
     return time_interleaved(fns, device, warmup, rounds, inner, timer), error
 
 
@@ -305,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --dtype bfloat16: time an fp32 model and a bf16 copy of its weights in "
                              "interleaved rounds and report the bf16 sampling step's error against fp32")
     parser.add_argument("--sample-only", action="store_true", help="with --compare-fp32: no training steps")
+    parser.add_argument("--autocast", action="store_true",
+                        help="with --compare-fp32: also time the fp32 model's training step under bf16 autocast "
+                             "(the trainer's dtype: bf16 with torch_ddp)")
     parser.add_argument("--sdpa", default="auto", choices=["auto", "math", "flash"],
                         help="attention kernel (auto: PyTorch's choice)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU")
@@ -389,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
               f"median [min-max] over rounds; speed-up = fp32 time / {low} time, per round; error of the {low} "
               "sampling step's output against fp32 on the same inputs")
         header = (f"| latent | tokens | fp32 sample s | {low} sample s | sample speed-up | max abs err | mean abs err "
-                  "| mean abs fp32 out |" + ("" if args.sample_only else f" fp32 train s | {low} train s | train speed-up |"))
+                  "| mean abs fp32 out |" + ("" if args.sample_only else f" fp32 train s | {low} train s | train speed-up |")
+                  + (" autocast train s | autocast speed-up |" if args.autocast and not args.sample_only else ""))
         print(header + "\n" + "|---" * (header.count("|") - 1) + "|")
     elif reference is None:
         print(header)
@@ -413,7 +432,7 @@ def run_sizes(args, sizes, model, runner, reference, legacy, fp32_model, batch, 
         label = f"{frames} x {lat_h} x {lat_w}"
         if fp32_model is not None:
             times, error = compare_dtypes(fp32_model, model, kwargs, device, warmup, rounds, inner, args.timer,
-                                          args.sample_only)
+                                          args.sample_only, args.autocast)
             sample_x = [f / b for f, b in zip(times["fp32_sample"], times["low_sample"], strict=True)]
             row = (f"| {frames}x{lat_h}x{lat_w} | {tokens} | {spread(times['fp32_sample'])} | "
                    f"{spread(times['low_sample'])} | {spread(sample_x, '.2f')}x | {error['max']:.2e} | "
@@ -424,6 +443,10 @@ def run_sizes(args, sizes, model, runner, reference, legacy, fp32_model, batch, 
                 train_x = [f / b for f, b in zip(times["fp32_train"], times["low_train"], strict=True)]
                 row += f" {spread(times['fp32_train'])} | {spread(times['low_train'])} | {spread(train_x, '.2f')}x |"
                 text += f", train {spread(train_x, '.2f')}x"
+            if "autocast_train" in times:
+                auto_x = [f / a for f, a in zip(times["fp32_train"], times["autocast_train"], strict=True)]
+                row += f" {spread(times['autocast_train'])} | {spread(auto_x, '.2f')}x |"
+                text += f", autocast train {spread(auto_x, '.2f')}x"
             print(row, flush=True)
             summary.append(text + f" ({low} vs fp32)")
             continue
