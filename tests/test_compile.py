@@ -63,9 +63,13 @@ def forward_and_grads(model: torch.nn.Module, module: STDiT2, inputs: dict, seed
     return out.detach(), [p.grad.clone() for p in module.parameters()]
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["fixed", "legacy"])
-def test_training_forward_is_one_graph_and_matches_eager(legacy):
-    model = tiny(qk_norm_legacy=legacy, final_layer_legacy=legacy, class_dropout_prob=0.5).train()
+@pytest.mark.parametrize(
+    "flags",
+    [{}, {"qk_norm_legacy": True, "final_layer_legacy": True}, {"grad_checkpointing": True}],
+    ids=["fixed", "legacy", "checkpointed"],
+)
+def test_training_forward_is_one_graph_and_matches_eager(flags):
+    model = tiny(class_dropout_prob=0.5, **flags).train()
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     # new micro-condition values and captions at the same shapes, then another latent size
     for seed, size in ((0, (3, 6, 10)), (1, (3, 6, 10)), (2, (2, 5, 8))):
