@@ -5,6 +5,7 @@
     python benchmarks/bench_stdit2.py --device cuda                 # STDiT2-XL/2, bf16, 240x426 x 16/64 frames
     python benchmarks/bench_stdit2.py --reference-repo /tmp/opensora-v1.1.0   # also time Open-Sora 1.1
     python benchmarks/bench_stdit2.py --timer cpu ...               # CPU time of 1 thread (shared machines)
+    python benchmarks/bench_stdit2.py --dtype bfloat16 --compare-fp32   # bf16 vs fp32: speed and output error
 
 ``--reference-repo`` points at a local checkout of hpcaitech/Open-Sora at tag v1.1.0 (never part of this
 project). Its STDiT2 is built with the same config, loaded with *our* weights, checked for agreement with
@@ -16,6 +17,12 @@ helpers (unused by the model). ``timm`` and ``rotary-embedding-torch`` must be i
 ``pip install --target /tmp/refdeps --no-deps timm==0.9.16 rotary-embedding-torch==0.5.3`` and
 ``PYTHONPATH=/tmp/refdeps``); the script says so when they are missing.
 
+``--compare-fp32`` (with ``--dtype bfloat16``) builds the model in float32, casts a copy of the same weights
+to bfloat16 (as ``generate --dtype bf16`` and ``evaluation.generation.dtype: bf16`` do), times both in
+interleaved rounds and reports the max / mean absolute difference of the bf16 sampling step's output from
+the fp32 one on the same inputs. ``--sdpa math|flash`` pins the attention kernel (default: PyTorch's choice,
+the flash kernel on CPU).
+
 Model FLOPs (for MFU) are counted analytically: 2 x (multiply-adds of every linear/conv on the tokens it
 sees: video tokens, caption tokens) + the attention matmuls (spatial S^2, temporal T^2, cross S*L per
 frame); a training step is 3 x a forward. MFU uses ``--peak-tflops`` (989 = H100/H200 bf16 dense).
@@ -24,6 +31,8 @@ frame); a training step is 3 x a forward. MFU uses ``--peak-tflops`` (989 = H100
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import importlib.util
 import math
 import statistics
@@ -34,6 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from opensora_mlops.models.stdit2 import STDiT2, build_model
 
@@ -126,6 +136,18 @@ def train_step(model, kwargs):
     def step():
         model.zero_grad(set_to_none=True)
         out = model(**kwargs)
+        out.float().square().mean().backward()
+
+    return step
+
+
+def autocast_train_step(model, kwargs, device):
+    """A training step of the fp32 model with the forward under bf16 autocast (what the trainer does with
+    ``dtype: bf16`` and the torch_ddp plugin); backward outside the autocast region, as recommended."""
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            out = model(**kwargs)
         out.float().square().mean().backward()
 
     return step
@@ -232,6 +254,27 @@ def reference_kwargs(kwargs: dict) -> dict:
     return out
 
 
+# --- bf16 against fp32 -------------------------------------------------------------------------------------
+
+
+def compare_dtypes(fp32_model: STDiT2, low_model: STDiT2, kwargs: dict, device, warmup: int, rounds: int,
+                   inner: int, timer: str, sample_only: bool, autocast: bool = False,
+                   ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Interleaved step times of the fp32 model and its low-precision copy, and the low-precision sampling
+    step's error against fp32 (max and mean |diff|, and mean |fp32 output| for scale)."""
+    with torch.no_grad():
+        reference = fp32_model(**kwargs)
+        low = low_model(**kwargs)
+    diff = (low.float() - reference).abs()
+    error = {"max": diff.max().item(), "mean": diff.mean().item(), "scale": reference.abs().mean().item()}
+    fns = {"fp32_sample": sample_step(fp32_model, kwargs), "low_sample": sample_step(low_model, kwargs)}
+    if not sample_only:
+        fns |= {"fp32_train": train_step(fp32_model, kwargs), "low_train": train_step(low_model, kwargs)}
+        if autocast:
+            fns["autocast_train"] = autocast_train_step(fp32_model, kwargs, device)
+    return time_interleaved(fns, device, warmup, rounds, inner, timer), error
+
+
 # --- main --------------------------------------------------------------------------------------------------
 
 
@@ -273,6 +316,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="calls per case and round with --reference-repo (default: half the repeats)")
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--compare-fp32", action="store_true",
+                        help="with --dtype bfloat16: time an fp32 model and a bf16 copy of its weights in "
+                             "interleaved rounds and report the bf16 sampling step's error against fp32")
+    parser.add_argument("--sample-only", action="store_true", help="with --compare-fp32: no training steps")
+    parser.add_argument("--autocast", action="store_true",
+                        help="with --compare-fp32: also time the fp32 model's training step under bf16 autocast "
+                             "(the trainer's dtype: bf16 with torch_ddp)")
+    parser.add_argument("--sdpa", default="auto", choices=["auto", "math", "flash"],
+                        help="attention kernel (auto: PyTorch's choice)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU")
     parser.add_argument("--reference-repo", type=Path, default=None,
                         help="local Open-Sora v1.1.0 checkout to compare against")
@@ -310,11 +362,21 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("depth", args.depth), ("hidden_size", args.hidden), ("num_heads", args.heads))
                  if v is not None}
 
+    if args.compare_fp32 and (dtype == torch.float32 or args.reference_repo is not None or args.compile):
+        parser.error("--compare-fp32 needs --dtype bfloat16 and neither --reference-repo nor --compile")
     torch.manual_seed(0)
     model = build_model(name, grad_checkpointing=args.grad_checkpointing, class_dropout_prob=0.0, **overrides)
-    model = model.to(device=device, dtype=dtype).train()
-    randomise_weights(model)
+    fp32_model = None
+    if args.compare_fp32:  # the same weights: perturbed in fp32, then rounded once to the low precision
+        fp32_model = model.to(device=device).train()
+        randomise_weights(fp32_model)
+        model = copy.deepcopy(fp32_model).to(dtype)
+    else:
+        model = model.to(device=device, dtype=dtype).train()
+        randomise_weights(model)
     runner = torch.compile(model) if args.compile else model
+    backend = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION}.get(args.sdpa)
+    attention = sdpa_kernel(backend) if backend is not None else contextlib.nullcontext()
 
     reference = None
     if args.reference_repo is not None:
@@ -332,16 +394,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {name} (depth {cfg.depth}, hidden {cfg.hidden_size}, heads {cfg.num_heads}): {params / 1e6:.2f}M "
           f"parameters, device={device}, dtype={str(dtype).split('.')[-1]}, batch={batch}, "
           f"threads={torch.get_num_threads()}, grad_checkpointing={args.grad_checkpointing}, "
-          f"compile={args.compile}, timer={args.timer}")
+          f"compile={args.compile}, timer={args.timer}, sdpa={args.sdpa}")
     if reference is not None:
         print(f"# interleaved: {rounds} rounds x {inner} calls per case (min per round when timer=cpu); "
               "figures are median [min-max] over rounds; speed-up = 1.1 time / our time, per round")
     header = f"{'frames x H x W (latent)':>24} {'tokens':>7} {'train s/step':>12} {'tokens/s':>9} {'sample s/step':>13}"
     if on_gpu:
         header += f" {'train MFU':>9} {'sample MFU':>10} {'peak mem':>8}"
-    if reference is None:
+    low = str(dtype).split(".")[-1]
+    if fp32_model is not None:
+        print(f"# interleaved: {rounds} rounds x {inner} calls per case (min per round when timer=cpu); figures are "
+              f"median [min-max] over rounds; speed-up = fp32 time / {low} time, per round; error of the {low} "
+              "sampling step's output against fp32 on the same inputs")
+        header = (f"| latent | tokens | fp32 sample s | {low} sample s | sample speed-up | max abs err | mean abs err "
+                  "| mean abs fp32 out |" + ("" if args.sample_only else f" fp32 train s | {low} train s | train speed-up |")
+                  + (" autocast train s | autocast speed-up |" if args.autocast and not args.sample_only else ""))
+        print(header + "\n" + "|---" * (header.count("|") - 1) + "|")
+    elif reference is None:
         print(header)
     summary = []
+    with attention:
+        run_sizes(args, sizes, model, runner, reference, legacy if reference is not None else None, fp32_model,
+                  batch, device, warmup, repeats, rounds, inner, on_gpu, summary)
+    print(f"SUMMARY {name} on {device} ({str(dtype).split('.')[-1]}, batch {batch}): " + "; ".join(summary))
+    return 0
+
+
+def run_sizes(args, sizes, model, runner, reference, legacy, fp32_model, batch, device, warmup, repeats, rounds,
+              inner, on_gpu, summary) -> None:
+    low = str(model.dtype).split(".")[-1]
     for frames, lat_h, lat_w in sizes:
         kwargs = make_inputs(model, batch, frames, lat_h, lat_w, device)
         x_mask = torch.ones(batch, frames, dtype=torch.bool, device=device)
@@ -349,6 +430,26 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["x_mask"] = x_mask
         flops, tokens = forward_flops(model, batch, frames, lat_h, lat_w)
         label = f"{frames} x {lat_h} x {lat_w}"
+        if fp32_model is not None:
+            times, error = compare_dtypes(fp32_model, model, kwargs, device, warmup, rounds, inner, args.timer,
+                                          args.sample_only, args.autocast)
+            sample_x = [f / b for f, b in zip(times["fp32_sample"], times["low_sample"], strict=True)]
+            row = (f"| {frames}x{lat_h}x{lat_w} | {tokens} | {spread(times['fp32_sample'])} | "
+                   f"{spread(times['low_sample'])} | {spread(sample_x, '.2f')}x | {error['max']:.2e} | "
+                   f"{error['mean']:.2e} | {error['scale']:.3f} |")
+            text = (f"{frames}x{lat_h}x{lat_w}: sample {spread(sample_x, '.2f')}x, err max {error['max']:.1e} "
+                    f"mean {error['mean']:.1e}")
+            if not args.sample_only:
+                train_x = [f / b for f, b in zip(times["fp32_train"], times["low_train"], strict=True)]
+                row += f" {spread(times['fp32_train'])} | {spread(times['low_train'])} | {spread(train_x, '.2f')}x |"
+                text += f", train {spread(train_x, '.2f')}x"
+            if "autocast_train" in times:
+                auto_x = [f / a for f, a in zip(times["fp32_train"], times["autocast_train"], strict=True)]
+                row += f" {spread(times['autocast_train'])} | {spread(auto_x, '.2f')}x |"
+                text += f", autocast train {spread(auto_x, '.2f')}x"
+            print(row, flush=True)
+            summary.append(text + f" ({low} vs fp32)")
+            continue
         if reference is not None:
             ref_kwargs = reference_kwargs(kwargs)
             with torch.no_grad():
@@ -387,8 +488,6 @@ def main(argv: list[str] | None = None) -> int:
         print(row, flush=True)
         summary.append(f"{frames}x{lat_h}x{lat_w}: train {train_s:.3f}s ({tokens / train_s:.0f} tok/s), "
                        f"sample {sample_s:.3f}s")
-    print(f"SUMMARY {name} on {device} ({str(dtype).split('.')[-1]}, batch {batch}): " + "; ".join(summary))
-    return 0
 
 
 if __name__ == "__main__":

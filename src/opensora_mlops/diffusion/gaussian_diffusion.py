@@ -74,6 +74,13 @@ def discretized_gaussian_log_likelihood(
     return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_one_minus_cdf_lower, log_bin))
 
 
+def check_values() -> bool:
+    """Whether to run the input checks that read tensor values on the host (timestep ranges, empty frame
+    masks): yes in eager mode, no while ``torch.compile`` traces, where such a read is a device sync and
+    a graph break. Shape and dtype checks run in both."""
+    return not torch.compiler.is_compiling()
+
+
 def masked_mean(values: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over every non-batch dimension; with ``frame_mask`` [B, T], only over the True frames.
 
@@ -90,7 +97,7 @@ def masked_mean(values: torch.Tensor, frame_mask: torch.Tensor | None = None) ->
         raise ValueError(f"frame mask shape {tuple(frame_mask.shape)} does not match [B, T] = {(batch, frames)}")
     keep = frame_mask.to(device=values.device, dtype=torch.bool)
     kept_frames = keep.sum(dim=1)
-    if bool((kept_frames == 0).any()):
+    if check_values() and bool((kept_frames == 0).any()):
         empty = torch.nonzero(kept_frames == 0).flatten().tolist()
         raise ValueError(f"samples {empty} have no noised frame (x_mask all False): nothing to learn")
     selected = torch.where(keep[:, None, :, None, None], values, torch.zeros((), dtype=values.dtype))
@@ -149,7 +156,7 @@ class GaussianDiffusion:
             raise ValueError(f"t must be a 1-D tensor of {batch} timestep indices, got {shape}")
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise ValueError(f"t must hold integer timestep indices, got dtype {t.dtype}")
-        if bool(((t < 0) | (t >= self.num_timesteps)).any()):
+        if check_values() and bool(((t < 0) | (t >= self.num_timesteps)).any()):
             raise ValueError(
                 f"timestep indices must lie in [0, {self.num_timesteps}), got {t.min().item()}..{t.max().item()}"
             )

@@ -16,6 +16,7 @@ STDiT2 ``save_pretrained`` directory), ``text_encoder`` (a ``build_text_encoder`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,10 @@ from opensora_mlops.evaluation.vbench import (
     score_suite,
 )
 
-GENERATION_KEYS = ("num_frames", "height", "width", "fps", "steps", "cfg_scale", "seed", "seeds", "batch_size")
+GENERATION_KEYS = ("num_frames", "height", "width", "fps", "steps", "cfg_scale", "seed", "seeds", "batch_size",
+                   "dtype")
+#: ``generation.dtype``: the denoiser's dtype while sampling (the VAE decodes in float32 either way)
+SAMPLING_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 VALIDATION_KEYS = ("num_ranges", "timesteps_per_range", "max_clips", "seed")
 REAL_KEYS = ("max_clips", "max_frames")
 ADHERENCE_KEYS = ("min_subject_fraction", "min_background_fraction", "max_background_spread", "min_track_consistency")
@@ -72,6 +76,7 @@ class EvaluationConfig:
             "cfg_scale": 7.0,
             "seed": 0,
             "batch_size": 4,
+            "dtype": "fp32",
         }
     )
     real_clips: dict[str, Any] = field(default_factory=lambda: {"max_clips": 8, "max_frames": 32})
@@ -122,6 +127,9 @@ class EvaluationConfig:
             or len(set(seeds)) != len(seeds)
         ):
             raise ConfigError(f"evaluation.generation.seeds must be a non-empty list of distinct integers, got {seeds!r}")
+        dtype = self.generation.get("dtype", "fp32")
+        if not isinstance(dtype, str) or dtype not in SAMPLING_DTYPES:
+            raise ConfigError(f"evaluation.generation.dtype must be one of {sorted(SAMPLING_DTYPES)}, got {dtype!r}")
         confidence = float(self.statistics.get("confidence", 0.95))
         if not 0.0 < confidence < 1.0 or int(self.statistics.get("resamples", 2000)) < 1:
             raise ConfigError(
@@ -248,12 +256,16 @@ def generate_group(
 
     ``scheduler`` is the config the model was trained with (its ``scheduler.json``; default 1.1's ε
     IDDPM), sampled with the evaluation's steps and guidance. Generation settings left null (``fps``)
-    take the value the model trained on (``train_conditions``, from the stage manifest)."""
+    take the value the model trained on (``train_conditions``, from the stage manifest).
+
+    ``generation.dtype: bf16`` samples with a bfloat16 copy of the denoiser (``model`` itself is left in
+    its dtype); the noise, the sampler's arithmetic and the VAE decode stay float32."""
     from opensora_mlops.diffusion import build_scheduler
     from opensora_mlops.inference.generate import generate, save_generation
 
     gen = generation_for_model(config, train_conditions)
     sampler = build_scheduler(scheduler, steps=int(gen["steps"]), cfg_scale=float(gen["cfg_scale"]))
+    model = sampling_model(model, str(gen["dtype"]))
     batch = int(gen["batch_size"])
     jobs = [(k, seed, start) for k, seed in enumerate(config.seeds()) for start in range(0, len(entries), batch)]
     records: list[dict[str, Any]] = []
@@ -273,7 +285,7 @@ def generate_group(
             scheduler=sampler,
             seed=batch_seed(seed, start // batch),
             progress=False,
-            extra_settings={"evaluation_group": group, "evaluation_seed": seed},
+            extra_settings={"evaluation_group": group, "evaluation_seed": seed, "dtype": gen["dtype"]},
         )
         files = save_generation(result, out_dir, name=f"seed{seed}_{start:04d}")
         for entry, written in zip(chunk_entries, files, strict=True):
@@ -288,6 +300,17 @@ def generate_group(
                 }
             )
     return records
+
+
+def sampling_model(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
+    """``model`` when it already has the sampling ``dtype`` (``SAMPLING_DTYPES``), else a copy cast to it:
+    ``Module.to`` casts in place, and the caller's model may be used again in its own precision."""
+    if dtype not in SAMPLING_DTYPES:
+        raise ConfigError(f"evaluation.generation.dtype must be one of {sorted(SAMPLING_DTYPES)}, got {dtype!r}")
+    target = SAMPLING_DTYPES[dtype]
+    if all(p.dtype == target for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).to(target)
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -510,6 +533,7 @@ __all__ = [
     "evaluation_metrics",
     "flatten_metrics",
     "generate_group",
+    "sampling_model",
     "load_stage_components",
     "real_clip_records",
     "score_records",

@@ -58,7 +58,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 def sincos_position_embedding_2d(
-    dim: int, height: int, width: int, scale: float = 1.0, base_size: int | None = None
+    dim: int, height: int, width: int, scale: float | torch.Tensor = 1.0, base_size: int | None = None
 ) -> torch.Tensor:
     """2D sin-cos table ``[height*width, dim]`` (row-major tokens), float32.
 
@@ -66,24 +66,32 @@ def sincos_position_embedding_2d(
     given so that every aspect ratio spans the same range. The first half of the channels encodes the
     column (x) coordinate, the second half the row (y); each half is ``[sin, cos]`` over ``dim/4``
     frequencies ``10000 ** (-2i / (dim/2))`` (the MAE/PixArt convention the released weights expect).
+
+    ``scale`` may be a float32 tensor ``[B]`` of per-sample scales: the result is then ``[B, height*width,
+    dim]`` on its device, built without reading the scales on the host (so the model traces as one graph
+    under ``torch.compile``), and each row equals the table of the float ``scale`` bit for bit.
     """
     if dim % 4:
         raise ValueError(f"2D sin-cos embedding needs dim divisible by 4, got {dim}")
+    per_sample = isinstance(scale, torch.Tensor)
+    device = scale.device if per_sample else None
     half = dim // 2
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, half, 2).float() / half))
-    rows = torch.arange(height) / scale
-    cols = torch.arange(width) / scale
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, half, 2, device=device).float() / half))
+    divisor = scale[:, None] if per_sample else scale  # [B, 1] over [n] coordinates
+    rows = torch.arange(height, device=device) / divisor
+    cols = torch.arange(width, device=device) / divisor
     if base_size is not None:
         rows = rows * (base_size / height)
         cols = cols * (base_size / width)
 
     def sincos(coord: torch.Tensor) -> torch.Tensor:
-        out = coord[:, None] * inv_freq[None]
+        out = coord[..., None] * inv_freq
         return torch.cat([torch.sin(out), torch.cos(out)], dim=-1)
 
-    col_emb = sincos(cols)[None, :, :].expand(height, width, half)
-    row_emb = sincos(rows)[:, None, :].expand(height, width, half)
-    return torch.cat([col_emb, row_emb], dim=-1).reshape(height * width, dim)
+    lead = rows.shape[:-1]  # () or (B,)
+    col_emb = sincos(cols).unsqueeze(-3).expand(*lead, height, width, half)
+    row_emb = sincos(rows).unsqueeze(-2).expand(*lead, height, width, half)
+    return torch.cat([col_emb, row_emb], dim=-1).reshape(*lead, height * width, dim)
 
 
 def rope_tables(freqs: torch.Tensor, length: int) -> torch.Tensor:
@@ -256,9 +264,12 @@ class CrossAttention(nn.Module):
         b, n, dim = x.shape
         q = self.q_linear(x).view(b, n, self.num_heads, -1).transpose(1, 2)
         k, v = self.kv_linear(cond).view(b, cond.shape[1], 2, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        if keep is not None:
+            # [B] 0/1: a caption with no real token (attending everywhere, see STDiT2._caption_mask) gets zero
+            # values, hence a zero attention output; scaling the L caption values costs far less than
+            # scaling the output of every video token, and a factor of 1 changes no bit
+            v = v * keep[:, None, None, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        if keep is not None:  # [B] 0/1: a caption with no real token yields a zero attention output
-            out = out * keep[:, None, None, None]
         return self.proj(out.transpose(1, 2).reshape(b, n, dim))
 
 
@@ -312,7 +323,7 @@ class STDiT2Block(nn.Module):
         x: torch.Tensor,  # [B, T, S, C]
         y: torch.Tensor,  # [B, L, C] projected caption
         y_mask: torch.Tensor | None,  # [B, 1, 1, L] bool or None (attend everywhere)
-        y_keep: torch.Tensor | None,  # [B] 0/1, zero for all-padding captions; None when there are none
+        y_keep: torch.Tensor | None,  # [B] 0/1, zero for all-padding captions; None without a caption mask
         t_spatial: torch.Tensor,  # [B, 6C]
         t_temporal: torch.Tensor,  # [B, 3C]
         t0_spatial: torch.Tensor | None,

@@ -43,7 +43,8 @@ Implementation choices for speed: activations stay in ``[B, T', S, C]`` so spati
 copy; every attention goes through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels
 on GPU) and the caption padding mask becomes an SDPA boolean mask; modulation and gated residuals are
 single ``addcmul`` kernels; q and k are normalised together in one RMSNorm call; RoPE is one complex
-multiply with rotations built once per forward; position tables are cached per resolution; nothing is
+multiply with rotations built once per forward; nothing in the forward reads tensor values on the
+host (no device sync, one ``torch.compile`` graph with ``fullgraph=True``); nothing is
 cast to float32 except normalisation statistics, sinusoid inputs, the RoPE product and the returned
 prediction.
 """
@@ -200,7 +201,6 @@ class STDiT2(nn.Module):
         self.ar_embedder = SizeEmbedder(dim // 3)
         self.fl_embedder = SizeEmbedder(dim)
         self.fps_embedder = SizeEmbedder(dim)
-        self._pos_cache: dict[tuple, torch.Tensor] = {}
         self.initialize_weights()
 
     # --- initialisation (PixArt/Open-Sora recipe) -------------------------------------------------
@@ -240,26 +240,20 @@ class STDiT2(nn.Module):
     def position_embedding(
         self, grid_h: int, grid_w: int, height: torch.Tensor, width: torch.Tensor, dtype: torch.dtype
     ) -> torch.Tensor:
-        """Resolution-scaled 2D table ``[B|1, 1, grid_h*grid_w, C]`` for pixel sizes ``height, width [B]``."""
-        device = height.device
-        base_size = round((grid_h * grid_w) ** 0.5)
-        sides = [math.sqrt(h * w) for h, w in zip(height.tolist(), width.tolist(), strict=True)]
-        tables = []
-        for side in dict.fromkeys(sides):  # unique, in order
-            key = (grid_h, grid_w, side, device, dtype)
-            if key not in self._pos_cache:
-                if len(self._pos_cache) > 256:
-                    self._pos_cache.clear()
-                table = sincos_position_embedding_2d(
-                    self.config.hidden_size, grid_h, grid_w, scale=side / self.config.input_sq_size,
-                    base_size=base_size,
-                )
-                self._pos_cache[key] = table.to(device=device, dtype=dtype)
-            tables.append(self._pos_cache[key])
-        if len(tables) == 1:
-            return tables[0][None, None]
-        index = {side: i for i, side in enumerate(dict.fromkeys(sides))}
-        return torch.stack([tables[index[side]] for side in sides])[:, None]
+        """Resolution-scaled 2D tables ``[B, 1, grid_h*grid_w, C]`` for pixel sizes ``height, width [B]``.
+
+        Built on the device from the size tensors each call (a few sin/cos per token, negligible next to
+        one block) rather than cached per resolution: a cache keyed by the sizes' values would read them
+        on the host, a device sync and a ``torch.compile`` graph break. The side ``sqrt(height * width)``
+        and the scale are computed in float64 and rounded once to float32, as Python floats would be, so
+        the table is the one of ``sincos_position_embedding_2d`` with a float scale, bit for bit.
+        """
+        side = torch.sqrt(height.double() * width.double())
+        scale = (side / self.config.input_sq_size).float()
+        table = sincos_position_embedding_2d(
+            self.config.hidden_size, grid_h, grid_w, scale=scale, base_size=round((grid_h * grid_w) ** 0.5)
+        )
+        return table.to(dtype)[:, None]
 
     def _validate(self, x, timestep, y, mask, x_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
@@ -289,19 +283,16 @@ class STDiT2(nn.Module):
         return y, x_mask
 
     def _caption_mask(self, mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """SDPA boolean mask ``[B, 1, 1, L]`` (None when nothing is padded) and, when some caption is
-        all padding, a ``[B]`` 0/1 multiplier that zeroes those samples' attention output."""
+        """SDPA boolean mask ``[B, 1, 1, L]`` and a ``[B]`` 0/1 multiplier that zeroes the cross-attention of
+        samples whose caption is all padding (they attend to every token, avoiding a NaN softmax, and the
+        result is dropped). Both are built whatever the mask holds: skipping them when nothing is padded
+        would branch on the mask's values (a host sync and a ``torch.compile`` graph break), and an
+        all-True SDPA mask and a factor of 1 give the same bits as no mask."""
         if mask is None:
             return None, None
         keep = mask.bool()
-        if bool(keep.all()):
-            return None, None
         empty = ~keep.any(dim=1)
-        keep_empty = None
-        if bool(empty.any()):  # attend somewhere to avoid NaN, then drop the result
-            keep = keep | empty[:, None]
-            keep_empty = (~empty).to(self.dtype)
-        return keep[:, None, None, :], keep_empty
+        return (keep | empty[:, None])[:, None, None, :], (~empty).to(self.dtype)
 
     # --- forward ------------------------------------------------------------------------------------
 
