@@ -15,6 +15,7 @@ import test_latents_windows
 from opensora_mlops.config import ConfigError
 from opensora_mlops.curation.ray_executor import PartitionFailures, RayConfig
 from opensora_mlops.training.latents import LatentCache, build_stage_caches
+from opensora_mlops.training.ray_latents import store_filler
 from test_latents_windows import INTERVAL, HashText, PoolingVAE, stage_clips
 
 IDENTITY = {"vae": "pooling", "text": "hash"}
@@ -56,7 +57,7 @@ def _build(stage, out, vae=None, **kwargs):
 def test_ray_actors_fill_the_clip_store_and_the_cache_equals_the_local_one(clips, tmp_path, cluster):
     stage, _ = clips
     config = RayConfig(max_in_flight=3)
-    on_ray = _build(stage, tmp_path / "ray" / "stage1_latents", executor="ray", ray=config)
+    on_ray = _build(stage, tmp_path / "ray" / "stage1_latents", encode_missing=store_filler(config))
     shards = sorted((tmp_path / "ray" / "latent_clips").glob("*.safetensors"))
     assert len(shards) == len(stage)
     # every clip was in the store before the cache was assembled: this process encoded none
@@ -72,7 +73,7 @@ def test_ray_actors_fill_the_clip_store_and_the_cache_equals_the_local_one(clips
     # a lost shard: the rerun encodes that one only, the others are not touched
     before = {p.name: p.stat().st_mtime_ns for p in shards}
     shards[0].unlink()
-    again = _build(stage, tmp_path / "ray" / "rerun_latents", executor="ray", ray=config)
+    again = _build(stage, tmp_path / "ray" / "rerun_latents", encode_missing=store_filler(config))
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray" / "latent_clips").glob("*.safetensors")}
     assert after.keys() == before.keys() and again["num_train_reused"] == len(stage)
     assert [n for n in after if after[n] != before[n]] == [shards[0].name]
@@ -84,15 +85,13 @@ def test_a_clip_failing_every_retry_is_named_and_the_others_are_stored(clips, tm
     unique = [n for n in strided if strided.count(n) == 1 and n > 1]
     assert unique, strided
     with pytest.raises(PartitionFailures, match="1 video") as failed:
-        _build(stage, tmp_path / "stage1_latents", vae=FailingVAE(unique[0]), executor="ray",
-               ray=RayConfig(max_retries=1))
+        _build(stage, tmp_path / "stage1_latents", vae=FailingVAE(unique[0]),
+               encode_missing=store_filler(RayConfig(max_retries=1)))
     assert "VAE failure on this clip" in str(failed.value)
     assert len(list((tmp_path / "latent_clips").glob("*.safetensors"))) == len(stage) - 1
 
 
-def test_ray_latents_need_the_clip_store_and_a_known_executor(clips, tmp_path):
+def test_ray_latents_need_the_clip_store(clips, tmp_path):
     stage, _ = clips
     with pytest.raises(ConfigError, match="needs clip_store"):
-        _build(stage, tmp_path / "a", executor="ray", clip_store=False)
-    with pytest.raises(ConfigError, match="'local' or 'ray'"):
-        _build(stage, tmp_path / "b", executor="dask")
+        _build(stage, tmp_path / "a", encode_missing=store_filler(RayConfig()), clip_store=False)

@@ -403,9 +403,8 @@ def build_stage_caches(
     windows: str = "slice",
     max_latent_frames: int | None = DEFAULT_MAX_LATENT_FRAMES,
     clip_store: str | Path | bool = True,
-    executor: str = "local",
-    ray: Any = None,
-    device: str | None = None,
+    encode_missing: Callable[[Mapping[str, tuple[pd.DataFrame, Callable, Callable]], Any, ClipLatentStore], None]
+    | None = None,
 ) -> dict[str, Any]:
     """Encode a stage's kept clips into ``<out_dir>/train`` and, with a hold-out, ``<out_dir>/val``,
     each clip whole (``windows``, ``max_latent_frames``: module docstring).
@@ -414,10 +413,10 @@ def build_stage_caches(
     the stages; False: none). It needs ``reuse_key`` (the encoders' identity is part of a clip's
     address, with the file's SHA-256, the bucket size, the frame interval and the window settings).
 
-    ``executor`` "ray": the clips missing from the store are first encoded there by Ray actors on the
-    cluster of ``ray`` (a :class:`~opensora_mlops.curation.ray_executor.RayConfig`; ``device`` "cuda"
-    puts one VAE per GPU), so this process only assembles the cache (:mod:`.ray_latents`); it needs the
-    clip store, on storage the cluster's nodes share.
+    ``encode_missing(splits, vae, store)``: called before the cache is assembled, with each split's
+    (rows, load, address) — it fills the store with the clips it lacks elsewhere, e.g. Ray actors on a
+    cluster (:func:`opensora_mlops.training.ray_latents.store_filler`), so this process only assembles
+    the cache. It needs the clip store, on storage the workers share.
 
     Returns a manifest dict (directories, counts, a content hash of the input table) that the
     pipeline stores as its catalog output. With ``reuse_key`` (what identifies the encoders, e.g. their
@@ -432,15 +431,13 @@ def build_stage_caches(
     if max_latent_frames is not None and max_latent_frames < int(kept["bucket_num_frames"].max()):
         raise ConfigError(f"max_latent_frames {max_latent_frames} is below the longest bucket "
                           f"({int(kept['bucket_num_frames'].max())} frames)")
-    if executor not in ("local", "ray"):
-        raise ConfigError(f"latent cache executor must be 'local' or 'ray', got {executor!r}")
     out_dir = Path(out_dir)
     store = None
     if clip_store and reuse_key is not None:
         store = ClipLatentStore(out_dir.parent / "latent_clips" if clip_store is True else clip_store)
-    if executor == "ray" and store is None:
-        raise ConfigError("latent cache executor 'ray' writes the clips into the clip store: it needs clip_store "
-                          "and the encoders' reuse_key")
+    if encode_missing is not None and store is None:
+        raise ConfigError("encoding the latent cache elsewhere (cache.executor ray) writes the clips into the clip "
+                          "store: it needs clip_store and the encoders' reuse_key")
     held = holdout_mask(kept["path"], holdout_fraction, seed)
     content_hash = hashlib.sha256(
         pd.util.hash_pandas_object(kept[["path", "text", "bucket_id"]].astype(str), index=False).values.tobytes()
@@ -489,8 +486,8 @@ def build_stage_caches(
             def load(key, ds=dataset):
                 return ds.windows(key, None if max_latent_frames is None else max_latent_frames // key.num_frames)
         splits[split] = (rows, load, address)
-    if executor == "ray":  # one actor pool for both splits, then the cache is assembled from the store
-        _encode_missing_on_ray(splits, vae, store, ray, device, out_dir.name)
+    if encode_missing is not None:  # e.g. one Ray actor pool for both splits; the cache then reads the store
+        encode_missing(splits, vae, store)
     for split, (rows, load, address) in splits.items():
         written = write_latent_cache(
             out_dir / split, rows, load, vae.encode, text_encoder.encode,
@@ -508,19 +505,3 @@ def build_stage_caches(
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
-
-def _encode_missing_on_ray(splits: Mapping[str, tuple[pd.DataFrame, Callable, Callable]], vae: Any,
-                           store: ClipLatentStore, ray: Any, device: str | None, desc: str) -> None:
-    """The clips of every split that the store lacks, encoded into it by Ray actors (:mod:`.ray_latents`)."""
-    from opensora_mlops.curation.ray_executor import RayConfig
-    from opensora_mlops.training.ray_latents import ClipJob, encode_clips_on_ray
-
-    jobs = []
-    for split, (rows, _load, address) in splits.items():
-        for r in range(len(rows)):
-            key = row_key(rows, r)
-            where = address(key)
-            if where is not None and not store.has(where):
-                jobs.append(ClipJob(where, key, str(rows.iloc[r]["text"]), split))
-    loads = {split: load for split, (_rows, load, _address) in splits.items()}
-    encode_clips_on_ray(jobs, loads, vae, store.directory, ray or RayConfig(), device=device, desc=f"{desc} latents")

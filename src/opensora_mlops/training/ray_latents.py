@@ -93,3 +93,23 @@ def encode_clips_on_ray(
         map_with_retries(jobs, lambda job: job.address, lambda job, actor: actor.encode.remote(job), config, desc,
                          lambda _name: bar.update(), pool)
     return len(jobs)
+
+
+def store_filler(config: RayConfig, device: str | None = None, desc: str = "latents"):
+    """``encode_missing`` for :func:`~opensora_mlops.training.latents.build_stage_caches`: the clips of
+    every split that the store lacks, encoded into it on the Ray cluster of ``config``."""
+
+    def encode_missing(splits: Mapping[str, tuple[Any, Callable, Callable]], vae: Any, store: Any) -> None:
+        from opensora_mlops.training.latents import row_key
+
+        jobs = []
+        for split, (rows, _load, address) in splits.items():
+            for r in range(len(rows)):
+                key = row_key(rows, r)
+                where = address(key)
+                if where is not None and not store.has(where):
+                    jobs.append(ClipJob(where, key, str(rows.iloc[r]["text"]), split))
+        loads = {split: load for split, (_rows, load, _address) in splits.items()}
+        encode_clips_on_ray(jobs, loads, vae, store.directory, config, device=device, desc=desc)
+
+    return encode_missing

@@ -107,17 +107,24 @@ def cache_stage_latents(bucket_table: pd.DataFrame, vae_model: dict[str, Any], s
     if s.get("threads"):
         torch.set_num_threads(int(s["threads"]))
     cache = s.get("cache") or {}
-    from opensora_mlops.config import strict_dataclass
-    from opensora_mlops.curation.ray_executor import RayConfig
+    executor = str(cache.get("executor", "local"))
+    encode_missing = None
+    if executor == "ray":  # Ray actors fill the clip store; this process assembles the cache from it
+        from opensora_mlops.config import strict_dataclass
+        from opensora_mlops.curation.ray_executor import RayConfig
+        from opensora_mlops.training.ray_latents import store_filler
 
-    ray = strict_dataclass(RayConfig, dict(cache.get("ray") or {}), f"{s['name']}.cache.ray")
+        ray = strict_dataclass(RayConfig, dict(cache.get("ray") or {}), f"{s['name']}.cache.ray")
+        encode_missing = store_filler(ray, cache.get("device"), f"{s['name']} latents")
+    elif executor != "local":
+        raise ConfigError(f"{s['name']}.cache.executor must be 'local' or 'ray', got {executor!r}")
     manifest = build_stage_caches(
         kept, out_dir, build_vae(vae_model), build_text_encoder(s["text_encoder"]),
         frame_interval=frame_interval, video_root=s.get("video_root"),
         holdout_fraction=float(cache.get("holdout_fraction", 0.0)), seed=int(s.get("seed", 0)),
         batch_size=int(cache.get("batch_size", 4)), meta={"stage": s["name"]},
         reuse_key=_encoder_identity(vae_model, s["text_encoder"]),
-        executor=str(cache.get("executor", "local")), ray=ray, device=cache.get("device"),
+        encode_missing=encode_missing,
     )  # fmt: skip
     return {"source": "cache", "stage": s["name"], "frame_interval": frame_interval, **manifest}
 
