@@ -267,3 +267,23 @@ def test_cache_keeps_the_fps_the_dataset_feeds_the_model_for_images(tmp_path):
     assert tensors.stat().st_mtime_ns == written
     tiny.build_cache(table, tmp_path / "cache", holdout_fraction=0.0, reuse_key={"vae": "other"})
     assert tensors.stat().st_mtime_ns != written
+
+
+def test_cpu_bf16_autocast_uses_the_math_attention_kernel_and_fp32_changes_nothing():
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from opensora_mlops.training.booster import autocast
+
+    cpu = torch.device("cpu")
+    q, k, v = (torch.randn(2, 3, 16, 8, requires_grad=True) for _ in range(3))
+    reference = sdpa(q, k, v)
+    with autocast("torch_ddp", "bf16", cpu):
+        # the flags the CPU kernel choice reads: flash off, math on, while the step's forward runs
+        assert not torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+        out = sdpa(q, k, v)
+    assert out.dtype == torch.bfloat16 and torch.backends.cuda.flash_sdp_enabled()  # restored after
+    out.float().sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    assert (out.float() - reference).abs().max() < 3e-2
+    with autocast("torch_ddp", "fp32", cpu):
+        assert torch.backends.cuda.flash_sdp_enabled() and sdpa(q, k, v).dtype == torch.float32

@@ -136,7 +136,18 @@ def make_booster(plugin_obj: Any) -> Any:
 
 
 def autocast(plugin: str, dtype: str, device: torch.device):
-    """bf16 autocast for the DDP plugin (ZeRO casts the model itself); a no-op for fp32."""
+    """bf16 autocast for the DDP plugin (ZeRO casts the model itself); a no-op for fp32.
+
+    On CPU the attention runs on the math SDPA kernel under bf16: the CPU flash kernel's bf16 backward
+    is slow, so a depth-4 STDiT2 training step in bf16 is 1.35-1.65x fp32 with flash and 1.93x with math
+    (BENCHMARKS.md, bf16 on CPU); in fp32 both kernels cost the same and nothing changes.
+    """
     if plugin == "torch_ddp" and dtype == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(device_type=device.type, dtype=torch.bfloat16))
+        if device.type == "cpu":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        return stack
     return contextlib.nullcontext()
