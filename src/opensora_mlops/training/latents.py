@@ -25,6 +25,7 @@ between runs).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -485,7 +486,9 @@ def build_stage_caches(
         else:
             def load(key, ds=dataset):
                 return ds.windows(key, None if max_latent_frames is None else max_latent_frames // key.num_frames)
-        splits[split] = (rows, load, address)
+        # memoised: an encode_missing pass and the cache assembly both ask for every row's address,
+        # which hashes the whole clip file
+        splits[split] = (rows, load, functools.cache(address))
     if encode_missing is not None:  # e.g. one Ray actor pool for both splits; the cache then reads the store
         encode_missing(splits, vae, store)
     for split, (rows, load, address) in splits.items():
