@@ -226,8 +226,10 @@ def _starts(ds, key, batches, epoch=0):
     ds.set_epoch(epoch)
     loader = torch.utils.data.DataLoader(
         ds, batch_sampler=[[key]] * batches, num_workers=2, worker_init_fn=worker_init_fn,
-        collate_fn=collate_bucket_batch, multiprocessing_context="fork",
+        collate_fn=collate_bucket_batch, multiprocessing_context="spawn",
     )  # fmt: skip
+    # spawn, not fork: by this point the test process holds onnxruntime's and torch's threads, and a forked
+    # worker can inherit a lock one of them held (a CI run hung here, the worker blocked on a futex)
     return [int(batch["frame_indices"][0, 0]) for batch in loader]
 
 
