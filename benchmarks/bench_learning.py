@@ -14,6 +14,7 @@ data/05_model_input/stage1_latents/):
             for the same steps (equal CPU time: the objectives cost the same per step), and at each
             milestone prints the diagnostics and the prompt adherence of generated clips (decoded with
             the stage's VAE, scored by opensora_mlops.evaluation.prompt_adherence) on the cache's captions.
+            --model / --dtype train another size or precision (compare variants by train_cpu_s, not steps).
 
       .venv/bin/python benchmarks/bench_learning.py compare --cache data/05_model_input/stage1_latents/train \
           --vae data/06_models/vae --steps 200,400,800 --seeds 0,1
@@ -94,7 +95,7 @@ def diagnose(args: argparse.Namespace) -> None:
 def _train_config(run_dir: Path, cache_dir: str, objective: dict[str, Any], steps: int, seed: int,
                   stage: dict[str, Any]) -> dict[str, Any]:
     return {
-        "stage": "stage1", "run_dir": str(run_dir), "model": {"name": stage.get("model", "STDiT2-tiny")},
+        "stage": "stage1", "run_dir": str(run_dir), "model": stage["model"], "dtype": stage["dtype"],
         "data": {"source": "cache", "cache_dir": cache_dir}, "max_steps": steps, "lr": stage["lr"],
         "ema_decay": stage["ema_decay"], "warmup_steps": stage["warmup_steps"], "ckpt_every": 0,
         "seed": seed, "scheduler": objective, "mask_ratios": stage.get("mask_ratios"),
@@ -106,7 +107,8 @@ def stage_defaults() -> dict[str, Any]:
 
     conf = yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text())
     shared, stage1 = conf["training_shared"], conf["stage1"]["training"]
-    return {"model": shared["model"]["name"], "lr": stage1["lr"], "ema_decay": shared["ema_decay"],
+    return {"model": dict(shared["model"]), "dtype": shared["dtype"], "lr": stage1["lr"],
+            "ema_decay": shared["ema_decay"],
             "warmup_steps": shared["warmup_steps"], "mask_ratios": stage1.get("mask_ratios")}
 
 
@@ -127,11 +129,17 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     stage = stage_defaults()
     if args.lr is not None:
         stage["lr"] = args.lr
+    if args.model is not None:  # e.g. '{"name": "STDiT2-tiny", "depth": 4, "hidden_size": 192}'
+        stage["model"] = json.loads(args.model)
+    if args.dtype is not None:
+        stage["dtype"] = args.dtype
+    label = args.label or " ".join([stage["model"]["name"], *(f"{k}={v}" for k, v in stage["model"].items()
+                                                             if k != "name"), stage["dtype"]])
     results = []
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_learning_"))
     for name in args.objectives.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            run = work / f"{name}_seed{seed}"
+            run = work / f"{args.label or 'run'}_{name}_seed{seed}"
             cpu_start = time.process_time()
             for steps in milestones:  # each milestone resumes the previous run (max_steps is resumable)
                 launch(_train_config(run, args.cache, OBJECTIVES[name], steps, seed, stage), progress=False)
@@ -139,7 +147,8 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
                 model = STDiT2.from_pretrained(run / "final" / "ema").eval()
                 scheduler = build_scheduler(OBJECTIVES[name])
                 s = learning_report(model, scheduler, batch)["summary"]
-                row = {"objective": name, "seed": seed, "steps": steps, "train_cpu_s": round(cpu, 1),
+                row = {"variant": label, "objective": name, "seed": seed, "steps": steps,
+                       "train_cpu_s": round(cpu, 1), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                        "x0_mse_t500": s["x0_mse_t500"], "x0_mse_t900": s["x0_mse_t900"],
                        "x0_mse_t999": s["x0_mse_t999"], "zero_mse": s["zero_mse"],
                        "own_caption_wins": s["caption_own_wins"], "x0_frame_spread": s["x0_frame_spread"],
@@ -154,8 +163,8 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     print()
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if len(table["seed"].unique()) > 1:
-        metrics = [c for c in table.columns if c not in ("objective", "seed", "steps", "train_cpu_s")]
-        spread = table.groupby(["objective", "steps"])[metrics].agg(["mean", "min", "max"])
+        metrics = [c for c in table.columns if c not in ("variant", "objective", "seed", "steps", "params_m")]
+        spread = table.groupby(["variant", "objective", "steps"])[metrics].agg(["mean", "min", "max"])
         print()
         print(spread.to_string(float_format=lambda v: f"{v:.3f}"))
     if args.json_out:
@@ -189,6 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--steps", default="200,400,800", help="milestones (comma-separated optimizer steps)")
     c.add_argument("--seeds", default="0", help="training seeds (comma-separated)")
     c.add_argument("--lr", type=float, default=None, help="default: stage 1's lr from conf/base")
+    c.add_argument("--model", default=None,
+                   help='model block as JSON, e.g. \'{"name": "STDiT2-tiny", "depth": 4, "hidden_size": 192}\' '
+                        "(default: training_shared.model from conf/base)")
+    c.add_argument("--dtype", choices=("fp32", "bf16"), default=None,
+                   help="training precision (bf16 on CPU: autocast with math attention; default: conf/base)")
+    c.add_argument("--label", default=None, help="name of this variant in the table (default: model/dtype)")
     c.add_argument("--prompts", type=int, default=12, help="distinct cache captions sampled per milestone")
     c.add_argument("--sample-seeds", type=int, default=2)
     c.add_argument("--sample-steps", type=int, default=25)
