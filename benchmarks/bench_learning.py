@@ -137,15 +137,17 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
                                                              if k != "name"), stage["dtype"]])
     results = []
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_learning_"))
+    extra = json.loads(args.scheduler_extra) if args.scheduler_extra else {}  # e.g. {"foreground_weight": 4}
     for name in args.objectives.split(","):
+        objective = {**OBJECTIVES[name], **extra}
         for seed in (int(s) for s in args.seeds.split(",")):
             run = work / f"{args.label or 'run'}_{name}_seed{seed}"
             cpu_start = time.process_time()
             for steps in milestones:  # each milestone resumes the previous run (max_steps is resumable)
-                launch(_train_config(run, args.cache, OBJECTIVES[name], steps, seed, stage), progress=False)
+                launch(_train_config(run, args.cache, objective, steps, seed, stage), progress=False)
                 cpu = time.process_time() - cpu_start
                 model = STDiT2.from_pretrained(run / "final" / "ema").eval()
-                scheduler = build_scheduler(OBJECTIVES[name])
+                scheduler = build_scheduler(objective)
                 s = learning_report(model, scheduler, batch)["summary"]
                 row = {"variant": label, "objective": name, "seed": seed, "steps": steps,
                        "train_cpu_s": round(cpu, 1), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
@@ -154,7 +156,7 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
                        "own_caption_wins": s["caption_own_wins"], "x0_frame_spread": s["x0_frame_spread"],
                        "data_frame_spread": s["data_frame_spread"]}
                 if vae is not None and prompts:
-                    row.update(adherence_of_samples(model, OBJECTIVES[name], vae, encoder, prompts, cond,
+                    row.update(adherence_of_samples(model, objective, vae, encoder, prompts, cond,
                                                     seeds=range(args.sample_seeds), steps=args.sample_steps,
                                                     cfg_scale=args.cfg_scale))
                 results.append(row)
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
                         "(default: training_shared.model from conf/base)")
     c.add_argument("--dtype", choices=("fp32", "bf16"), default=None,
                    help="training precision (bf16 on CPU: autocast with math attention; default: conf/base)")
+    c.add_argument("--scheduler-extra", default=None,
+                   help='JSON merged into every objective\'s scheduler config, e.g. \'{"foreground_weight": 4}\'')
     c.add_argument("--label", default=None, help="name of this variant in the table (default: model/dtype)")
     c.add_argument("--prompts", type=int, default=12, help="distinct cache captions sampled per milestone")
     c.add_argument("--sample-seeds", type=int, default=2)

@@ -139,3 +139,88 @@ def test_config_round_trip_and_errors(tmp_path):
     (tmp_path / "bad" / "scheduler.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_scheduler_config(tmp_path / "bad")
+
+
+# ---------------------------------------------------------------------------------------- foreground weighting
+def _clip_with_subject(batch=2, frames=3, value=2.0):
+    """Latents of a flat background (per-channel constant) with a 2x2 subject at a per-frame position."""
+    x0 = torch.zeros(batch, 4, frames, 6, 8)
+    x0 += torch.tensor([0.5, -0.3, 0.2, 0.1])[None, :, None, None, None]
+    for f in range(frames):
+        x0[:, :, f, 1:3, 1 + 2 * f:3 + 2 * f] += value
+    return x0
+
+
+def test_foreground_weights_mark_the_subject_and_leave_flat_clips_plain():
+    from opensora_mlops.diffusion.gaussian_diffusion import foreground_weights
+
+    x0 = _clip_with_subject()
+    w = foreground_weights(x0, 4.0)
+    assert w.shape == (2, 1, 3, 6, 8)
+    for f in range(3):
+        subject = w[:, 0, f, 1:3, 1 + 2 * f:3 + 2 * f]
+        torch.testing.assert_close(subject, torch.full_like(subject, 5.0))
+        background = w[:, 0, f].clone()
+        background[:, 1:3, 1 + 2 * f:3 + 2 * f] = 1.0
+        torch.testing.assert_close(background, torch.ones_like(background))
+    # strength 0 and a flat clip both give the plain mean's weights
+    torch.testing.assert_close(foreground_weights(x0, 0.0), torch.ones(2, 1, 3, 6, 8))
+    flat = torch.full((1, 4, 2, 6, 8), 0.7) + 1e-4 * torch.randn(1, 4, 2, 6, 8)
+    assert foreground_weights(flat, 4.0).max() < 1.05  # 1e-4 noise against the 0.1 floor: ~2% at most
+    with pytest.raises(ValueError, match="strength"):
+        foreground_weights(x0, -1.0)
+    with pytest.raises(ValueError, match=r"\[B, C, T, H, W\]"):
+        foreground_weights(x0[:, :, 0], 1.0)
+
+
+def test_weighted_masked_mean_keeps_scale_and_skips_conditioned_frames():
+    from opensora_mlops.diffusion import masked_mean
+
+    values = torch.rand(2, 4, 3, 6, 8)
+    ones = torch.ones(2, 1, 3, 6, 8)
+    torch.testing.assert_close(masked_mean(values, None, ones), masked_mean(values))
+    constant = torch.full_like(values, 0.25)
+    weights = 1.0 + 9.0 * torch.rand(2, 1, 3, 6, 8)
+    torch.testing.assert_close(masked_mean(constant, None, weights), torch.full((2,), 0.25))
+    keep = torch.tensor([[True, False, True], [False, False, True]])
+    poisoned = values.clone()
+    poisoned[~keep[:, None, :, None, None].expand_as(values)] = float("nan")
+    manual = torch.stack([
+        (values[b] * weights[b])[:, keep[b]].sum() / (weights[b].expand(4, -1, -1, -1)[:, keep[b]].sum())
+        for b in range(2)
+    ])
+    torch.testing.assert_close(masked_mean(poisoned, keep, weights), manual)
+
+
+@pytest.mark.parametrize("config", [{"type": "iddpm", "prediction": "v"}, {"type": "rflow"}],
+                         ids=lambda c: c["type"])
+def test_foreground_weight_moves_the_loss_towards_the_subject(config, tmp_path):
+    """The same wrong prediction costs more when its error sits on the subject than on the background, by
+    the weight, and only the mean term changes: x̂_0 error and the config round trip are unaffected."""
+    x0 = _clip_with_subject()
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([300, 700])
+    plain = build_scheduler(config)
+    weighted = build_scheduler({**config, "foreground_weight": 4.0})
+    subject = (x0 - x0[:, :, :, :1, :1]).abs().sum(1, keepdim=True) > 0  # [B, 1, T, H, W]
+    assert subject.any() and not subject.all()
+
+    def model_off_by(where):
+        def model(x_t, t_model, **kwargs):
+            exact = oracle_denoiser(plain, x0)(x_t, t_model)
+            return exact + 0.3 * where.expand_as(exact).float()
+        return model
+
+    on_subject = plain.training_losses(model_off_by(subject), x0, t, {}, noise=noise)
+    on_subject_w = weighted.training_losses(model_off_by(subject), x0, t, {}, noise=noise)
+    on_background_w = weighted.training_losses(model_off_by(~subject), x0, t, {}, noise=noise)
+    on_background = plain.training_losses(model_off_by(~subject), x0, t, {}, noise=noise)
+    # plain: cost proportional to the area; weighted: the subject's 5x weight raises its share
+    assert (on_subject_w["mse"] / on_background_w["mse"] > 4.5 * on_subject["mse"] / on_background["mse"]).all()
+    torch.testing.assert_close(on_subject_w["x0_mse"], on_subject["x0_mse"])
+    save_scheduler(weighted, tmp_path / "w")
+    again = build_scheduler(load_scheduler_config(tmp_path / "w"))
+    assert again.foreground_weight == 4.0 and again.to_config() == weighted.to_config()
+    assert build_scheduler(config).foreground_weight == 0.0
+    with pytest.raises(ConfigError, match="foreground_weight"):
+        build_scheduler({**config, "foreground_weight": -1})

@@ -41,6 +41,7 @@ from opensora_mlops.config import ConfigError, check_keys
 from opensora_mlops.diffusion.gaussian_diffusion import (
     PREDICTIONS,
     GaussianDiffusion,
+    foreground_weights,
     linear_beta_schedule,
     randn_like,
 )
@@ -49,6 +50,13 @@ from opensora_mlops.diffusion.respace import respaced_betas, space_timesteps
 ModelFn = Callable[..., torch.Tensor]
 
 _RESERVED_KWARGS = ("y", "mask", "x_mask")
+
+
+def check_foreground_weight(value: Any) -> float:
+    """A scheduler's ``foreground_weight``: a finite number >= 0 (ConfigError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"foreground_weight must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 class IDDPM:
@@ -62,10 +70,15 @@ class IDDPM:
         cfg_scale: classifier-free guidance scale (1.0 = the conditional model alone).
         cfg_channel: guidance acts on ε channels ``[0, cfg_channel)``; None = all ε channels.
         prediction: what the network's mean channels predict: ``"epsilon"`` (Open-Sora 1.1) or ``"v"``.
+        foreground_weight: training only: the MSE term weights each latent position by
+            1 + w x its distance from the frame's background
+            (:func:`opensora_mlops.diffusion.gaussian_diffusion.foreground_weights`); 0 = the plain
+            mean (Open-Sora 1.1).
     """
 
     type_name = "iddpm"
-    config_keys = ("num_timesteps", "timestep_respacing", "cfg_scale", "cfg_channel", "prediction")
+    config_keys = ("num_timesteps", "timestep_respacing", "cfg_scale", "cfg_channel", "prediction",
+                   "foreground_weight")
 
     def __init__(
         self,
@@ -74,6 +87,7 @@ class IDDPM:
         cfg_scale: float = 7.0,
         cfg_channel: int | None = 3,
         prediction: str = "epsilon",
+        foreground_weight: float = 0.0,
     ):
         if prediction not in PREDICTIONS:
             raise ConfigError(f"scheduler prediction must be one of {list(PREDICTIONS)}, got {prediction!r}")
@@ -85,6 +99,7 @@ class IDDPM:
             not isinstance(cfg_channel, int) or isinstance(cfg_channel, bool) or cfg_channel < 1
         ):
             raise ConfigError(f"cfg_channel must be a positive int or None, got {cfg_channel!r}")
+        self.foreground_weight = check_foreground_weight(foreground_weight)
         self.num_timesteps = num_timesteps
         self.timestep_respacing = timestep_respacing
         self.cfg_scale = float(cfg_scale)
@@ -117,7 +132,8 @@ class IDDPM:
         if respacing is not None and not isinstance(respacing, str | int):
             respacing = list(respacing)
         return {"type": self.type_name, "num_timesteps": self.num_timesteps, "timestep_respacing": respacing,
-                "cfg_scale": self.cfg_scale, "cfg_channel": self.cfg_channel, "prediction": self.prediction}
+                "cfg_scale": self.cfg_scale, "cfg_channel": self.cfg_channel, "prediction": self.prediction,
+                "foreground_weight": self.foreground_weight}
 
     def with_sampling(self, steps: int | None = None, cfg_scale: float | None = None) -> IDDPM:
         """The same model parameterisation sampled with ``steps`` respaced steps and/or another guidance."""
@@ -208,7 +224,8 @@ class IDDPM:
         model_output = model(x_t, self.model_timesteps(t), **kwargs)
         if not isinstance(model_output, torch.Tensor):
             raise TypeError(f"the model must return a tensor, got {type(model_output).__name__}")
-        return self.diffusion.loss_terms(model_output, x_start, x_t, t, noise, x_mask)
+        weights = foreground_weights(x_start, self.foreground_weight) if self.foreground_weight else None
+        return self.diffusion.loss_terms(model_output, x_start, x_t, t, noise, x_mask, weights)
 
     # ------------------------------------------------------------------ guidance
     def guided_output(

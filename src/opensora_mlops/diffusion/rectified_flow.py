@@ -30,10 +30,16 @@ import torch
 from tqdm.auto import tqdm
 
 from opensora_mlops.config import ConfigError, check_keys
-from opensora_mlops.diffusion.gaussian_diffusion import check_values, masked_mean, randn_like
+from opensora_mlops.diffusion.gaussian_diffusion import (
+    check_values,
+    foreground_weights,
+    masked_mean,
+    randn_like,
+)
 from opensora_mlops.diffusion.iddpm import (
     ModelFn,
     _check_bool_frame_mask,
+    check_foreground_weight,
     conditioning_start_steps,
     guided_output,
 )
@@ -50,12 +56,14 @@ class RectifiedFlow:
         timestep_shift: s >= 1 maps σ -> s σ / (1 + (s - 1) σ) for training draws and the sampling
             grid (1 = no shift).
         logit_mean, logit_std: the normal distribution whose sigmoid gives the training σ.
+        foreground_weight: training only: weight of the subject positions in the velocity MSE, as
+            :class:`opensora_mlops.diffusion.IDDPM`'s (0 = the plain mean).
     """
 
     type_name = "rflow"
     prediction = "velocity"
     config_keys = ("num_timesteps", "num_sampling_steps", "cfg_scale", "cfg_channel", "timestep_shift",
-                   "logit_mean", "logit_std")
+                   "logit_mean", "logit_std", "foreground_weight")
 
     def __init__(
         self,
@@ -66,6 +74,7 @@ class RectifiedFlow:
         timestep_shift: float = 1.0,
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
+        foreground_weight: float = 0.0,
     ):
         for name, value, low in (("num_timesteps", num_timesteps, 2), ("num_sampling_steps", num_sampling_steps, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -82,6 +91,7 @@ class RectifiedFlow:
             not isinstance(cfg_channel, int) or isinstance(cfg_channel, bool) or cfg_channel < 1
         ):
             raise ConfigError(f"cfg_channel must be a positive int or None, got {cfg_channel!r}")
+        self.foreground_weight = check_foreground_weight(foreground_weight)
         self.num_timesteps = num_timesteps
         self.num_sampling_steps = num_sampling_steps
         self.cfg_scale = float(cfg_scale)
@@ -190,7 +200,8 @@ class RectifiedFlow:
                              f"latents {tuple(x_start.shape)}, got {tuple(out.shape)}")
         velocity = out[:, :channels].float()
         target = noise.float() - x_start.float()
-        mse = masked_mean((velocity - target).pow(2), x_mask)
+        weights = foreground_weights(x_start, self.foreground_weight) if self.foreground_weight else None
+        mse = masked_mean((velocity - target).pow(2), x_mask, weights)
         with torch.no_grad():
             x0_mse = masked_mean((self.predict_xstart(velocity.detach(), x_t, t) - x_start.float()).pow(2), x_mask)
         return {"loss": mse, "mse": mse, "x0_mse": x0_mse}
