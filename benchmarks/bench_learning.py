@@ -93,13 +93,17 @@ def diagnose(args: argparse.Namespace) -> None:
 
 
 def _train_config(run_dir: Path, cache_dir: str, objective: dict[str, Any], steps: int, seed: int,
-                  stage: dict[str, Any]) -> dict[str, Any]:
-    return {
+                  stage: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The trainer config of one compared run; ``extra`` overlays it (``data`` merged key by key)."""
+    config = {
         "stage": "stage1", "run_dir": str(run_dir), "model": stage["model"], "dtype": stage["dtype"],
         "data": {"source": "cache", "cache_dir": cache_dir}, "max_steps": steps, "lr": stage["lr"],
         "ema_decay": stage["ema_decay"], "warmup_steps": stage["warmup_steps"], "ckpt_every": 0,
         "seed": seed, "scheduler": objective, "mask_ratios": stage.get("mask_ratios"),
     }
+    for key, value in (extra or {}).items():
+        config[key] = {**config["data"], **value} if key == "data" else value
+    return config
 
 
 def stage_defaults() -> dict[str, Any]:
@@ -122,7 +126,8 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     cache = LatentCache(args.cache)
     batch = diagnostic_batch(cache, args.batch)
     cond = training_conditions(cache.index)
-    prompts = sorted(cache.index.loc[cache.index["bucket_num_frames"] > 1, "text"].unique())[: args.prompts]
+    videos = cache.index["bucket_num_frames"] > 1
+    prompts = sorted(cache.index.loc[videos if videos.any() else slice(None), "text"].unique())[: args.prompts]
     vae = VideoAutoencoder.from_pretrained(args.vae) if args.vae else None
     encoder = build_text_encoder(json.loads(args.text_encoder))
     milestones = sorted(int(s) for s in args.steps.split(","))
@@ -138,13 +143,14 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_learning_"))
     extra = json.loads(args.scheduler_extra) if args.scheduler_extra else {}  # e.g. {"foreground_weight": 4}
+    train_extra = json.loads(args.train_extra) if args.train_extra else {}  # e.g. {"data": {"batch_scale": 2}}
     for name in args.objectives.split(","):
         objective = {**OBJECTIVES[name], **extra}
         for seed in (int(s) for s in args.seeds.split(",")):
             run = work / f"{args.label or 'run'}_{name}_seed{seed}"
             cpu_start = time.process_time()
             for steps in milestones:  # each milestone resumes the previous run (max_steps is resumable)
-                launch(_train_config(run, args.cache, objective, steps, seed, stage), progress=False)
+                launch(_train_config(run, args.cache, objective, steps, seed, stage, train_extra), progress=False)
                 cpu = time.process_time() - cpu_start
                 model = STDiT2.from_pretrained(run / "final" / "ema").eval()
                 scheduler = build_scheduler(objective)
@@ -207,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="training precision (bf16 on CPU: autocast with math attention; default: conf/base)")
     c.add_argument("--scheduler-extra", default=None,
                    help='JSON merged into every objective\'s scheduler config, e.g. \'{"foreground_weight": 4}\'')
+    c.add_argument("--train-extra", default=None,
+                   help='JSON overlaid on the trainer config, e.g. \'{"data": {"batch_scale": 2}, "ema_decay": 0.999}\'')
     c.add_argument("--label", default=None, help="name of this variant in the table (default: model/dtype)")
     c.add_argument("--prompts", type=int, default=12, help="distinct cache captions sampled per milestone")
     c.add_argument("--sample-seeds", type=int, default=2)

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from opensora_mlops.config import ConfigError
-from opensora_mlops.diffusion import IDDPM, GaussianDiffusion, linear_beta_schedule, space_timesteps
+from opensora_mlops.diffusion import (
+    IDDPM,
+    GaussianDiffusion,
+    cosine_beta_schedule,
+    linear_beta_schedule,
+    space_timesteps,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -96,6 +102,24 @@ def test_linear_schedule_endpoints_and_scaling():
     assert betas[-1].item() == pytest.approx(0.02, rel=1e-12)
     short = linear_beta_schedule(500)  # improved diffusion stretches the end points by 1000 / N
     assert short[0].item() == pytest.approx(2e-4) and short[-1].item() == pytest.approx(0.04)
+
+
+def test_cosine_schedule_follows_its_closed_form_and_keeps_signal_longer_than_linear():
+    betas = cosine_beta_schedule(1000)
+    assert betas.dtype == torch.float64 and betas.shape == (1000,)
+    assert bool((betas > 0).all()) and betas.max().item() <= 0.999
+    alpha_bar = torch.cumprod(1.0 - betas, dim=0)
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    for t in (0, 250, 500, 900):  # index t is the level after t + 1 forward steps
+        assert alpha_bar[t].item() == pytest.approx(f((t + 1) / 1000) / f(0.0), rel=1e-9)
+    snr = lambda ab: (ab / (1 - ab)).item()  # noqa: E731
+    linear_bar = torch.cumprod(1.0 - linear_beta_schedule(1000), dim=0)
+    # the point of the option: the linear chain is nearly pure noise by t = 600 (SNR ~0.03), the cosine
+    # one still has SNR ~0.4 there, and both end in noise
+    assert snr(linear_bar[600]) < 0.04 < 0.3 < snr(alpha_bar[600])
+    assert snr(alpha_bar[999]) < 1e-4 and snr(linear_bar[999]) < 1e-4
+    cos_iddpm = IDDPM(beta_schedule="cosine", prediction="v")
+    assert cos_iddpm.alphas_cumprod[600].item() == pytest.approx(alpha_bar[600].item(), rel=1e-12)
 
 
 @pytest.mark.parametrize("t", [0, 1, 250, 999])

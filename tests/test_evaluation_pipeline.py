@@ -168,16 +168,17 @@ def test_training_combinations_come_from_every_stage(latent_cache, online_stage)
 
 
 def test_evaluation_nodes_end_to_end(tmp_path, mlflow_sqlite_store, stage_model, real_clips, latent_cache):
-    params = _params(tmp_path)
+    params = {**_params(tmp_path), "untrained_samples_per_prompt": 1}  # the untrained floor: one seed is enough
     training = nodes.training_combinations(latent_cache, None, None)
     samples = nodes.generate_samples(stage_model, training, params)
     # one suite prompt and one training prompt (the other training combination is the real clip's), two
     # seeds each, two groups
     assert samples["prompts"][1] in TRAINING_TEXTS[:2]
     assert samples["splits"] == {samples["prompts"][0]: "held_out", samples["prompts"][1]: "seen"}
-    assert samples["seeds"] == [0, 1]
+    assert samples["seeds"] == {"trained": [0, 1], "untrained": [0]}
     records = samples["records"]
-    assert [r["group"] for r in records] == ["trained"] * 4 + ["untrained"] * 4
+    assert [r["group"] for r in records] == ["trained"] * 4 + ["untrained"] * 2
+    assert sorted((r["prompt"], r["seed"]) for r in records[4:]) == sorted((p, 0) for p in samples["prompts"])
     assert sorted((r["prompt"], r["seed"]) for r in records[:4]) == sorted(
         (p, s) for p in samples["prompts"] for s in (0, 1)
     )
@@ -426,3 +427,20 @@ def test_sampling_dtype_other_than_fp32_or_bf16_is_a_config_error(tmp_path):
         with pytest.raises(ConfigError, match="generation.dtype"):
             evaluate.EvaluationConfig.from_dict(params)
     assert evaluate.EvaluationConfig.from_dict(_params(tmp_path)).generation_settings()["dtype"] == "fp32"
+
+
+def test_null_guidance_samples_with_the_guidance_saved_with_the_weights(tmp_path):
+    """One place for guidance: the scheduler config training saves beside the weights (what export and
+    `generate` read too); a number in evaluation.generation still overrides it."""
+    params = _params(tmp_path)
+    params["generation"] = {**params["generation"], "cfg_scale": None, "fps": None}
+    config = evaluate.EvaluationConfig.from_dict(params)
+    conditions = {"fps": 25.0}
+    v_at_4_5 = {"type": "iddpm", "prediction": "v", "cfg_scale": 4.5}
+    gen = evaluate.generation_for_model(config, conditions, v_at_4_5)
+    assert gen["cfg_scale"] == 4.5 and gen["fps"] == 25.0
+    assert evaluate.generation_for_model(config, conditions, {"type": "rflow", "cfg_scale": 2.0})["cfg_scale"] == 2.0
+    # weights without a scheduler.json are Open-Sora 1.1's: its ε chain and guidance 7
+    assert evaluate.generation_for_model(config, conditions, None)["cfg_scale"] == 7.0
+    assert evaluate.generation_for_model(evaluate.EvaluationConfig.from_dict(_params(tmp_path)), conditions,
+                                         v_at_4_5)["cfg_scale"] == 4.0

@@ -212,9 +212,16 @@ def test_pipeline_wiring():
 
 def test_pyfunc_round_trip_through_the_registry(components, tmp_path, mlflow_sqlite_store):
     """The export node, then the registration node inside a parent run, then load by registry URI."""
+    import shutil
+
+    from opensora_mlops.diffusion import build_scheduler, save_scheduler
+
+    weights = tmp_path / "weights"  # trained with v-prediction and meant to be sampled at guidance 3.5
+    shutil.copytree(components / "weights", weights)
+    save_scheduler(build_scheduler({"type": "iddpm", "prediction": "v", "cfg_scale": 3.5}), weights)
     stage_model = {
         "stage": "stage3",
-        "weights_dir": str(components / "weights"),
+        "weights_dir": str(weights),
         "text_encoder": TEXT_ENCODER,
         "vae": {"type": "pretrained", "from_pretrained": str(components / "vae")},
         "steps": 30,
@@ -285,6 +292,11 @@ def test_pyfunc_round_trip_through_the_registry(components, tmp_path, mlflow_sql
             },
         )
         assert list(result["prompt"]) == prompts
+        # no cfg_scale in the request: the guidance saved with the weights, not a default of the pyfunc's
+        assert {json.loads(Path(p).read_text())["cfg_scale"] for p in result["settings_path"]} == {3.5}
+        again = model.predict(pd.DataFrame({"prompt": prompts[:1]}),
+                              params={"num_frames": 1, "height": 32, "width": 32, "steps": 2, "cfg_scale": 2.0})
+        assert json.loads(Path(again["settings_path"][0]).read_text())["cfg_scale"] == 2.0
         for _, row in result.iterrows():
             assert Path(row["video_path"]).resolve().is_relative_to(out_dir.resolve())
             frames, fps = read_video(row["video_path"])

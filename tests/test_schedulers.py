@@ -20,15 +20,20 @@ from opensora_mlops.evaluation.learning import oracle_denoiser
 CONFIGS = [
     {"type": "iddpm", "prediction": "epsilon"},
     {"type": "iddpm", "prediction": "v"},
+    {"type": "iddpm", "prediction": "v", "beta_schedule": "cosine"},
     {"type": "rflow"},
 ]
+
+
+def _config_id(config):
+    return "-".join(str(v) for k, v in config.items() if k != "type" or v == "rflow") or config["type"]
 
 
 def _x0(batch=2, frames=3, seed=0):
     return torch.randn(batch, 4, frames, 4, 6, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['type']}-{c.get('prediction', '')}")
+@pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
 def test_oracle_sampler_reproduces_the_clip(config):
     """With the exact target at every step, each sampler lands on the training clip: the sampling maths
     is right, so whatever a trained model generates is the network's doing."""
@@ -41,7 +46,7 @@ def test_oracle_sampler_reproduces_the_clip(config):
     torch.testing.assert_close(out, x0, atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['type']}-{c.get('prediction', '')}")
+@pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
 def test_exact_target_gives_zero_loss_and_exact_x0(config):
     scheduler = build_scheduler(config)
     x0 = _x0()
@@ -120,10 +125,11 @@ def test_config_round_trip_and_errors(tmp_path):
     for config in CONFIGS:
         scheduler = build_scheduler(config, steps=12, cfg_scale=3.0)
         assert scheduler.num_sampling_steps == 12 and scheduler.cfg_scale == 3.0
-        save_scheduler(scheduler, tmp_path / config["type"])
-        again = build_scheduler(load_scheduler_config(tmp_path / config["type"]))
+        folder = tmp_path / _config_id(config)
+        save_scheduler(scheduler, folder)
+        again = build_scheduler(load_scheduler_config(folder))
         assert again.to_config() == scheduler.to_config()
-        assert json.loads((tmp_path / config["type"] / "scheduler.json").read_text())["type"] == config["type"]
+        assert json.loads((folder / "scheduler.json").read_text())["type"] == config["type"]
     assert isinstance(build_scheduler(None), IDDPM) and build_scheduler(None).prediction == "epsilon"
     assert build_scheduler({"type": "iddpm", "prediction": "v"}).with_sampling(steps=5).prediction == "v"
     assert load_scheduler_config(tmp_path / "nothing-here") is None
@@ -135,6 +141,12 @@ def test_config_round_trip_and_errors(tmp_path):
         build_scheduler({"type": "rflow", "enable_flashattn": True})
     with pytest.raises(ConfigError, match="timestep_shift"):
         RectifiedFlow(timestep_shift=0.5)
+    with pytest.raises(ConfigError, match="beta_schedule"):
+        build_scheduler({"type": "iddpm", "beta_schedule": "quadratic"})
+    # a scheduler.json written before beta_schedule existed still means 1.1's linear chain
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "scheduler.json").write_text(json.dumps({"type": "iddpm", "prediction": "v"}))
+    assert build_scheduler(load_scheduler_config(tmp_path / "old")).beta_schedule == "linear"
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "scheduler.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):

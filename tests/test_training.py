@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -145,6 +146,30 @@ def test_ema_warm_up_follows_early_training_then_settles_on_the_decay():
     assert ema_decay_at(0, 0.995, False) == 0.995
     decays = [ema_decay_at(n, 0.995, True) for n in range(3000)]
     assert all(b >= a for a, b in zip(decays, decays[1:]))
+
+
+def test_learning_rate_warms_up_then_stays_or_decays_on_a_cosine(cache, tmp_path):
+    from opensora_mlops.training.trainer import lr_at
+
+    assert [lr_at(s, 1e-3, 4) for s in (0, 1, 3, 500)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3])
+    cosine = [lr_at(s, 1e-3, 4, 104, "cosine", 0.1) for s in range(104)]
+    assert cosine[0] == pytest.approx(2.5e-4)  # warm-up first; the decay starts after it
+    assert cosine[3] == pytest.approx(1e-3)  # the end of the warm-up is the peak
+    assert cosine[14] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 10 / 100))))
+    assert cosine[54] == pytest.approx(1e-3 * 0.55)  # half way: the mean of the two ends
+    assert lr_at(104, 1e-3, 4, 104, "cosine", 0.1) == pytest.approx(1e-4)  # ends at lr_final x lr
+    assert all(b <= a for a, b in zip(cosine[4:], cosine[5:]))
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        load_train_config({**tiny.train_config(tmp_path / "r", cache["train_dir"]), "lr_schedule": "step"})
+    with pytest.raises(ConfigError, match="lr_final"):
+        load_train_config({**tiny.train_config(tmp_path / "r", cache["train_dir"]), "lr_final": 2.0})
+    events = []
+    launch({**tiny.train_config(tmp_path / "run", cache["train_dir"], max_steps=6), "warmup_steps": 0,
+            "lr_schedule": "cosine", "lr_final": 0.0},
+           callback=lambda kind, payload: events.append((kind, payload)), progress=False)
+    rates = [p["lr"] for k, p in events if k == "metrics"]
+    assert rates == pytest.approx([lr_at(s, rates[0], 0, 6, "cosine", 0.0) for s in range(6)])
+    assert rates[0] > rates[3] > rates[5] > 0
 
 
 def test_resume_after_stop_continues_the_same_trajectory(cache, reference, tmp_path):

@@ -144,12 +144,13 @@ def test_cluster_environment_selects_the_production_settings():
         assert cfg.mask_ratios["mask_no"] == 0.75  # kept from conf/base: keys merge one by one
         # 1.1's objective: plain ε loss, not the embedded default's subject weighting (merged from base)
         assert cfg.scheduler == {"type": "iddpm", "prediction": "epsilon", "num_timesteps": 1000,
-                                 "foreground_weight": 0.0}
+                                 "cfg_scale": 7.0, "foreground_weight": 0.0}
         if not torch.cuda.is_available():
             with pytest.raises(ConfigError, match="zero2.*needs CUDA"):
                 cfg.validate()
     assert params["autoencoder"]["pretrained"].endswith("sd-vae-ft-ema")
-    assert params["evaluation"]["generation"]["cfg_scale"] == 7.0  # 1.1's sampling guidance
+    # evaluation samples with the guidance saved with the weights: 1.1's 7.0 here
+    assert params["evaluation"]["generation"]["cfg_scale"] is None
     # and the embedded default stays on CPU
     base = OmegaConfigLoader(str(ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "local"})["parameters"]
     settings = stage_settings(base["stage1"]["training"], base["training_shared"])

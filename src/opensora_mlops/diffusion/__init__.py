@@ -1,7 +1,9 @@
 """Diffusion for ST-DiT-2: IDDPM (ε or v), rectified flow, one scheduler interface chosen by config."""
 
 from opensora_mlops.diffusion.gaussian_diffusion import (
+    BETA_SCHEDULES,
     GaussianDiffusion,
+    cosine_beta_schedule,
     discretized_gaussian_log_likelihood,
     linear_beta_schedule,
     masked_mean,
@@ -19,12 +21,14 @@ from opensora_mlops.diffusion.schedulers import (
 )
 
 __all__ = [
+    "BETA_SCHEDULES",
     "IDDPM",
     "SCHEDULER_FILE",
     "SCHEDULER_TYPES",
     "GaussianDiffusion",
     "RectifiedFlow",
     "build_scheduler",
+    "cosine_beta_schedule",
     "load_scheduler_config",
     "save_scheduler",
     "discretized_gaussian_log_likelihood",

@@ -39,10 +39,10 @@ from tqdm.auto import tqdm
 
 from opensora_mlops.config import ConfigError, check_keys
 from opensora_mlops.diffusion.gaussian_diffusion import (
+    BETA_SCHEDULES,
     PREDICTIONS,
     GaussianDiffusion,
     foreground_weights,
-    linear_beta_schedule,
     randn_like,
 )
 from opensora_mlops.diffusion.respace import respaced_betas, space_timesteps
@@ -74,11 +74,13 @@ class IDDPM:
             1 + w x its distance from the frame's background
             (:func:`opensora_mlops.diffusion.gaussian_diffusion.foreground_weights`); 0 = the plain
             mean (Open-Sora 1.1).
+        beta_schedule: ``"linear"`` (Open-Sora 1.1: 1e-4 -> 0.02) or ``"cosine"`` (improved diffusion's,
+            for small latents; see :func:`opensora_mlops.diffusion.gaussian_diffusion.cosine_beta_schedule`).
     """
 
     type_name = "iddpm"
     config_keys = ("num_timesteps", "timestep_respacing", "cfg_scale", "cfg_channel", "prediction",
-                   "foreground_weight")
+                   "foreground_weight", "beta_schedule")
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class IDDPM:
         cfg_channel: int | None = 3,
         prediction: str = "epsilon",
         foreground_weight: float = 0.0,
+        beta_schedule: str = "linear",
     ):
         if prediction not in PREDICTIONS:
             raise ConfigError(f"scheduler prediction must be one of {list(PREDICTIONS)}, got {prediction!r}")
@@ -99,14 +102,17 @@ class IDDPM:
             not isinstance(cfg_channel, int) or isinstance(cfg_channel, bool) or cfg_channel < 1
         ):
             raise ConfigError(f"cfg_channel must be a positive int or None, got {cfg_channel!r}")
+        if beta_schedule not in BETA_SCHEDULES:
+            raise ConfigError(f"beta_schedule must be one of {list(BETA_SCHEDULES)}, got {beta_schedule!r}")
         self.foreground_weight = check_foreground_weight(foreground_weight)
+        self.beta_schedule = beta_schedule
         self.num_timesteps = num_timesteps
         self.timestep_respacing = timestep_respacing
         self.cfg_scale = float(cfg_scale)
         self.cfg_channel = cfg_channel
         self.prediction = prediction
 
-        self.base = GaussianDiffusion(linear_beta_schedule(num_timesteps), prediction=prediction)
+        self.base = GaussianDiffusion(BETA_SCHEDULES[beta_schedule](num_timesteps), prediction=prediction)
         self.timestep_map = torch.tensor(space_timesteps(num_timesteps, timestep_respacing), dtype=torch.long)
         if self.timestep_map.numel() < 2:
             raise ConfigError(
@@ -133,7 +139,7 @@ class IDDPM:
             respacing = list(respacing)
         return {"type": self.type_name, "num_timesteps": self.num_timesteps, "timestep_respacing": respacing,
                 "cfg_scale": self.cfg_scale, "cfg_channel": self.cfg_channel, "prediction": self.prediction,
-                "foreground_weight": self.foreground_weight}
+                "foreground_weight": self.foreground_weight, "beta_schedule": self.beta_schedule}
 
     def with_sampling(self, steps: int | None = None, cfg_scale: float | None = None) -> IDDPM:
         """The same model parameterisation sampled with ``steps`` respaced steps and/or another guidance."""

@@ -66,6 +66,9 @@ class EvaluationConfig:
     training_prompts: int = 6  # training captions added to the suite (seen combinations)
     groups: tuple[str, ...] = ("trained", "untrained")
     untrained_seed: int = 0
+    # seeds per prompt for the untrained model (None: samples_per_prompt); its output is a flat frame
+    # whatever the seed, so one is enough for the no-training floor and saves a third of the generation
+    untrained_samples_per_prompt: int | None = None
     generation: dict[str, Any] = field(
         default_factory=lambda: {
             "num_frames": 8,
@@ -117,6 +120,9 @@ class EvaluationConfig:
                 f"evaluation.max_prompts and samples_per_prompt must be >= 1, got {self.max_prompts}, "
                 f"{self.samples_per_prompt}"
             )
+        untrained = self.untrained_samples_per_prompt
+        if untrained is not None and (isinstance(untrained, bool) or not isinstance(untrained, int) or untrained < 1):
+            raise ConfigError(f"evaluation.untrained_samples_per_prompt must be an int >= 1 or null, got {untrained!r}")
         if self.training_prompts < 0:
             raise ConfigError(f"evaluation.training_prompts must be >= 0, got {self.training_prompts}")
         seeds = self.generation.get("seeds")
@@ -150,12 +156,17 @@ class EvaluationConfig:
     def statistics_settings(self) -> dict[str, Any]:
         return {**EvaluationConfig().statistics, **self.statistics}
 
-    def seeds(self) -> list[int]:
+    def seeds(self, group: str = "trained") -> list[int]:
         """One generation seed per sample of a prompt: ``generation.seeds``, else ``generation.seed`` +
-        0 .. ``samples_per_prompt`` - 1."""
+        0 .. ``samples_per_prompt`` - 1; the untrained group takes the first
+        ``untrained_samples_per_prompt`` of them when that is set."""
         if self.generation.get("seeds") is not None:
-            return [int(v) for v in self.generation["seeds"]]
-        return [int(self.generation_settings()["seed"]) + k for k in range(self.samples_per_prompt)]
+            seeds = [int(v) for v in self.generation["seeds"]]
+        else:
+            seeds = [int(self.generation_settings()["seed"]) + k for k in range(self.samples_per_prompt)]
+        if group == "untrained" and self.untrained_samples_per_prompt is not None:
+            return seeds[: self.untrained_samples_per_prompt]
+        return seeds
 
 
 # ------------------------------------------------------------------------------ components
@@ -226,9 +237,16 @@ def suite_entries(config: EvaluationConfig, training: Sequence[str] = ()) -> lis
     return entries + [SuiteEntry(candidates[i], TRAINING_PROMPT_DIMENSIONS) for i in chosen]
 
 
-def generation_for_model(config: EvaluationConfig, train_conditions: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The generation settings with every null value (e.g. ``fps``) filled from what the model trained on."""
+def generation_for_model(config: EvaluationConfig, train_conditions: Mapping[str, Any] | None,
+                         scheduler: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The generation settings with every null value filled from the model: ``cfg_scale`` from the
+    scheduler config saved with its weights (the guidance it was trained to be sampled with, so that
+    evaluation, export and ``generate`` sample alike), the others (e.g. ``fps``) from what it trained on."""
     gen = config.generation_settings()
+    if gen.get("cfg_scale") is None:
+        from opensora_mlops.diffusion import build_scheduler
+
+        gen["cfg_scale"] = build_scheduler(scheduler).cfg_scale
     for key, value in list(gen.items()):
         if value is None:
             if not train_conditions or train_conditions.get(key) is None:
@@ -263,11 +281,11 @@ def generate_group(
     from opensora_mlops.diffusion import build_scheduler
     from opensora_mlops.inference.generate import generate, save_generation
 
-    gen = generation_for_model(config, train_conditions)
+    gen = generation_for_model(config, train_conditions, scheduler)
     sampler = build_scheduler(scheduler, steps=int(gen["steps"]), cfg_scale=float(gen["cfg_scale"]))
     model = sampling_model(model, str(gen["dtype"]))
     batch = int(gen["batch_size"])
-    jobs = [(k, seed, start) for k, seed in enumerate(config.seeds()) for start in range(0, len(entries), batch)]
+    jobs = [(k, seed, start) for k, seed in enumerate(config.seeds(group)) for start in range(0, len(entries), batch)]
     records: list[dict[str, Any]] = []
     out_dir = Path(config.output_dir) / group
     for sample, seed, start in tqdm(jobs, desc=f"generate ({group})", disable=not config.progress):

@@ -10,9 +10,9 @@ A difference trained − baseline is *better* only when its 95% interval lies ab
 includes 0 or lies below it is "NOT BETTER"), and only with at least two prompts behind it (one prompt's
 interval has no width: the data say nothing about the spread). Two intervals are available:
 
-* **paired bootstrap over prompts** (trained − untrained): both models generate the same prompts with the
-  same seeds, so each prompt gives one difference, the trained mean minus the untrained mean over its
-  samples, and :func:`~opensora_mlops.evaluation.statistics.cluster_bootstrap` resamples those per-prompt
+* **paired bootstrap over prompts** (trained − untrained): both models generate the same prompts (the
+  untrained one with the first of the trained model's seeds, ``untrained_samples_per_prompt``), so each
+  prompt gives one difference, the trained mean minus the untrained mean over its samples, and :func:`~opensora_mlops.evaluation.statistics.cluster_bootstrap` resamples those per-prompt
   differences. Pairing removes the prompt-to-prompt spread that both models share;
 * **from the two intervals** (trained − champion, whose per-prompt scores are not kept; and a fallback
   without the per-prompt table): each bootstrap interval gives a standard error (its half width over

@@ -64,6 +64,8 @@ class TrainConfig:
     adam_eps: float = 1e-8
     adam_betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant (Open-Sora 1.1) | cosine: decay to lr_final x lr at max_steps
+    lr_final: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float | None = 0.9999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) at update n: early weights fade fast
@@ -97,6 +99,10 @@ class TrainConfig:
                 raise ConfigError(f"{self.stage}.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"{self.stage}.lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"{self.stage}.lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0.0 <= float(self.lr_final) <= 1.0:
+            raise ConfigError(f"{self.stage}.lr_final is a fraction of lr in [0, 1], got {self.lr_final}")
         if self.ema_decay is not None and not 0.0 <= float(self.ema_decay) <= 1.0:
             raise ConfigError(f"{self.stage}.ema_decay must be in [0, 1] or null, got {self.ema_decay}")
         from opensora_mlops.diffusion import build_scheduler
@@ -188,10 +194,20 @@ def ema_decay_at(update: int, decay: float, warmup: bool) -> float:
     return min(decay, (1.0 + update) / (10.0 + update))
 
 
-def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
-    if warmup_steps <= 0:
-        return base_lr
-    return base_lr * min(1.0, (step + 1) / warmup_steps)
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int | None = None,
+          schedule: str = "constant", final: float = 0.0) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): a linear warm-up over ``warmup_steps``,
+    then constant (Open-Sora 1.1) or, with ``schedule="cosine"``, a half cosine from ``base_lr`` down to
+    ``final x base_lr`` at ``max_steps``. A short run gains most from the decay: its last steps average
+    out the gradient noise a constant rate keeps adding (measured in BENCHMARKS.md, "Learning-rate decay")."""
+    rate = base_lr * (min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
+    if schedule == "constant" or max_steps is None:
+        return rate
+    progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, max_steps - warmup_steps)))
+    return rate * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def tokens_per_sample(x: torch.Tensor, patch_size: tuple[int, int, int]) -> int:
@@ -343,7 +359,7 @@ def train_stage(
                 model_kwargs["y"] = model_kwargs["y"].to(torch.bfloat16)
             x_mask = masks.get_masks(x).to(ctx.device) if masks is not None else None
             t = diffusion.sample_timesteps(bsz, device=ctx.device)
-            lr = lr_at(step, cfg.lr, cfg.warmup_steps)
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule, float(cfg.lr_final))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with boost.autocast(cfg.plugin, cfg.dtype, ctx.device):

@@ -29,7 +29,7 @@ PREDICT_DEFAULTS: dict[str, Any] = {
     "width": 256,
     "fps": 8.0,
     "steps": 100,
-    "cfg_scale": 7.0,
+    "cfg_scale": 7.0,  # replaced at logging time by the guidance saved with the weights (scheduler.json)
     "seed": 0,
     "output_dir": "",
     "gif": True,
@@ -88,7 +88,7 @@ class OpenSoraPyfunc(mlflow.pyfunc.PythonModel):
         unknown = sorted(set(params or {}) - set(PREDICT_DEFAULTS))
         if unknown:
             raise ValueError(f"unknown predict params {unknown}; known: {sorted(PREDICT_DEFAULTS)}")
-        p = {**PREDICT_DEFAULTS, **(params or {})}
+        p = {**PREDICT_DEFAULTS, "cfg_scale": self.scheduler.cfg_scale, **(params or {})}
         out_dir = confined_output_dir(self.output_root, str(p["output_dir"] or ""))
         result = generate(
             self.model,
@@ -122,7 +122,9 @@ class OpenSoraPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
 
-def model_signature():
+def model_signature(cfg_scale: float | None = None):
+    """The pyfunc's signature; its ``cfg_scale`` default is the exported model's own guidance (MLflow fills
+    a request's missing params from these defaults)."""
     from mlflow.models import infer_signature
 
     example_in = pd.DataFrame({"prompt": ["a red circle moving left quickly on a gray background"]})
@@ -139,7 +141,8 @@ def model_signature():
             }
         ]
     )
-    return infer_signature(example_in, example_out, params=PREDICT_DEFAULTS), example_in
+    params = {**PREDICT_DEFAULTS, **({} if cfg_scale is None else {"cfg_scale": float(cfg_scale)})}
+    return infer_signature(example_in, example_out, params=params), example_in
 
 
 def log_pyfunc(
@@ -150,7 +153,9 @@ def log_pyfunc(
     returns MLflow's ModelInfo (``model_uri``, ``registered_model_version``). ``output_root`` and
     ``max_pixels`` travel as the model's config: where a served model may write, and how large a request
     it accepts."""
-    signature, example = model_signature()
+    from opensora_mlops.diffusion import build_scheduler, load_scheduler_config
+
+    signature, example = model_signature(build_scheduler(load_scheduler_config(export_dir)).cfg_scale)
     return mlflow.pyfunc.log_model(
         name=artifact_path,
         python_model=OpenSoraPyfunc(),
