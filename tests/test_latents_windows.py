@@ -246,3 +246,44 @@ def test_stages_share_encoded_clips_through_the_store(clips, tmp_path):
     assert other["num_train_reused"] == 0 and len(encoded) == len(stage2)
     assert build_stage_caches(stage2, tmp_path / "off", PoolingVAE(), HashText(), frame_interval=INTERVAL,
                               reuse_key=identity, clip_store=False)["num_train_reused"] == 0
+
+
+def test_image_views_add_single_frames_of_every_clip_to_the_image_buckets(clips, tmp_path):
+    """Open-Sora's joint image + video training fed from the videos' own frames: each clip also appears
+    K times in its resolution's 1-frame bucket, reading one of its cached latent frames (no encoding),
+    with its caption and the micro-conditions images get; the videos stay as they were."""
+    from opensora_mlops.data.dataset import IMAGE_FPS
+    from opensora_mlops.training.latents import bucket_config_from_table
+
+    stage, _ = clips
+    manifest = build_stage_caches(stage, tmp_path / "cache", PoolingVAE(), HashText(), frame_interval=INTERVAL, seed=3)
+    plain = LatentCache(manifest["train_dir"])
+    cache = LatentCache(manifest["train_dir"], image_views=2, image_batch_size=3)
+    videos = np.flatnonzero(plain.index["bucket_num_frames"].to_numpy() > 1)
+    assert len(cache) == len(plain) + 2 * len(videos)
+    pd.testing.assert_frame_equal(cache.index.iloc[: len(plain)].drop(columns=["image_view", "batch_size"]),
+                                  plain.index.drop(columns=["batch_size"]))
+    views = cache.index.iloc[len(plain):]
+    assert views["image_view"].all() and not cache.index["image_view"].iloc[: len(plain)].any()
+    assert (views["bucket_num_frames"] == 1).all() and (views["fps"] == IMAGE_FPS).all()
+    assert set(views["bucket_id"]) == {f"144p/1/{k}" for k in plain.index["ar_key"].iloc[videos]}
+    # every 1-frame row, the still included, batches image_batch_size at a time
+    assert (cache.index.loc[cache.index["bucket_num_frames"] == 1, "batch_size"] == 3).all()
+    assert bucket_config_from_table(cache.index).spec("144p", 1).batch_size == 3
+    for view, source in zip(range(len(plain), len(cache)), np.tile(videos, 2)):
+        # each latent frame of the clip is a window, with the clip's caption
+        frames = plain.tensors[f"latent.{source}"].shape[1]
+        assert cache.num_windows[view] == frames
+        for window in (0, frames - 1):
+            torch.testing.assert_close(cache.latent(view, window),
+                                       plain.tensors[f"latent.{source}"][:, window : window + 1])
+        batch, original = cache.get([view]), plain.get([int(source)])
+        assert torch.equal(batch["y"], original["y"]) and torch.equal(batch["mask"], original["mask"])
+        assert batch["num_frames"].item() == 1 and batch["x"].shape[2] == 1
+    # the sampler plans both kinds of batch from the one table
+    sampler = VariableVideoBatchSampler(cache.index, bucket_config_from_table(cache.index), seed=0,
+                                        reassign_each_epoch=False)
+    shapes = {tuple(batch["x"].shape[2:3]) for batch, _ in zip(iter(CachedBatches(cache, sampler)), range(40))}
+    assert shapes == {(1,), (FRAMES,)}
+    with pytest.raises(ConfigError, match="image_batch_size"):
+        LatentCache(manifest["train_dir"], image_views=1)

@@ -121,9 +121,20 @@ def training_conditions(index: pd.DataFrame) -> dict[str, float | int]:
 
 
 class LatentCache:
-    """Cached latents + text embeddings of one stage; ``get(rows, windows)`` stacks one bucket's batch."""
+    """Cached latents + text embeddings of one stage; ``get(rows, windows)`` stacks one bucket's batch.
 
-    def __init__(self, directory: str | Path) -> None:
+    ``image_views`` > 0 adds, for every cached video clip, that many rows to the 1-frame (image) bucket
+    of its resolution and aspect ratio: each reads one latent frame of the clip (any of them: each frame
+    is a window), with the clip's caption and the micro-conditions training gives images
+    (``num_frames`` 1, fps :data:`~opensora_mlops.data.dataset.IMAGE_FPS`). This is Open-Sora's joint
+    image + video training, fed from the videos' own frames, and costs no encoding: the rows share the
+    clip's tensors. Every 1-frame row (stills included) then batches ``image_batch_size`` at a time.
+    Why: a 1-frame sample costs about an eighth of an 8-frame one, so the model sees many more single
+    subjects per CPU-second, and the spatial layers learn one object before the temporal ones learn its
+    motion (BENCHMARKS.md, "Image views").
+    """
+
+    def __init__(self, directory: str | Path, image_views: int = 0, image_batch_size: int | None = None) -> None:
         self.directory = Path(directory)
         for name in (INDEX_FILE, TENSORS_FILE, META_FILE):
             if not (self.directory / name).exists():
@@ -131,11 +142,38 @@ class LatentCache:
         self.index = pd.read_parquet(self.directory / INDEX_FILE)
         self.meta = json.loads((self.directory / META_FILE).read_text())
         self.tensors = load_file(str(self.directory / TENSORS_FILE))
+        self._source = np.arange(len(self.index), dtype=np.int64)  # the cached clip each row reads
+        if image_views:
+            self._add_image_views(int(image_views), image_batch_size)
         self._frames = self.index["bucket_num_frames"].to_numpy(dtype=np.int64)
         self._starts = [self._window_starts(r) for r in range(len(self.index))]
         self.num_windows = np.array([len(s) for s in self._starts], dtype=np.int64)
 
+    def _add_image_views(self, views: int, batch_size: int | None) -> None:
+        from opensora_mlops.data.dataset import IMAGE_FPS
+
+        if views < 0 or batch_size is None or isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise ConfigError(f"image views need image_views >= 0 and an image_batch_size >= 1, got {views} and "
+                              f"{batch_size!r}")
+        videos = np.flatnonzero(self.index["bucket_num_frames"].to_numpy() > 1)
+        if not videos.size:
+            return
+        extra = self.index.iloc[np.tile(videos, views)].copy()
+        extra["bucket_num_frames"] = 1
+        extra["bucket_id"] = [f"{res}/1/{key}" for res, key in zip(extra["bucket_resolution"], extra["ar_key"])]
+        extra["fps"] = IMAGE_FPS
+        extra["num_windows"] = extra["num_latent_frames"]
+        extra["image_view"] = True
+        index = self.index.assign(image_view=False)
+        index.loc[index["bucket_num_frames"] == 1, "batch_size"] = int(batch_size)
+        extra["batch_size"] = int(batch_size)
+        self.index = pd.concat([index, extra], ignore_index=True)
+        self._source = np.concatenate([self._source, np.tile(videos, views)])
+
     def _window_starts(self, row: int) -> np.ndarray:
+        source = int(self._source[row])
+        if source != row:  # an image view: every latent frame of its clip is a window
+            return np.arange(self.tensors[f"latent.{source}"].shape[1], dtype=np.int64)
         if f"starts.{row}" in self.tensors:
             return self.tensors[f"starts.{row}"].numpy()
         latent = self.tensors[f"latent.{row}"]
@@ -152,7 +190,7 @@ class LatentCache:
         starts = self._starts[row]
         if not 0 <= window < len(starts):
             raise IndexError(f"cached clip {row} has {len(starts)} window(s), asked for window {window}")
-        latent = self.tensors[f"latent.{row}"]
+        latent = self.tensors[f"latent.{int(self._source[row])}"]
         if latent.dim() == 5:
             latent = latent.permute(1, 0, 2, 3, 4).flatten(1, 2)  # tiles back to back in time
         start = int(starts[window])
@@ -167,8 +205,8 @@ class LatentCache:
         sub = self.index.iloc[rows]
         return {
             "x": torch.stack([self.latent(r, w) for r, w in zip(rows, windows)]).float(),
-            "y": torch.stack([self.tensors[f"text.{r}"] for r in rows]).float(),
-            "mask": torch.stack([self.tensors[f"text_mask.{r}"] for r in rows]).long(),
+            "y": torch.stack([self.tensors[f"text.{self._source[r]}"] for r in rows]).float(),
+            "mask": torch.stack([self.tensors[f"text_mask.{self._source[r]}"] for r in rows]).long(),
             "fps": torch.tensor(sub["fps"].to_numpy(dtype=np.float32)),
             "height": torch.tensor(sub["bucket_height"].to_numpy(dtype=np.float32)),
             "width": torch.tensor(sub["bucket_width"].to_numpy(dtype=np.float32)),

@@ -87,7 +87,8 @@ def build_batches(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> Any:
     if source == "cache":
         if not data.get("cache_dir"):
             raise ConfigError(f"{cfg.stage}.data.cache_dir is required for source 'cache'")
-        cache = LatentCache(data["cache_dir"])
+        cache = LatentCache(data["cache_dir"], image_views=int(data.get("image_views") or 0),
+                            image_batch_size=data.get("image_batch_size"))
         sampler = VariableVideoBatchSampler(
             cache.index, bucket_config_from_table(cache.index, float(data.get("batch_scale", 1.0))),
             num_replicas=world_size, rank=rank, shuffle=bool(data.get("shuffle", True)), seed=cfg.seed,
@@ -97,6 +98,8 @@ def build_batches(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> Any:
     for key in ("bucket_table", "vae", "text_encoder"):
         if not data.get(key):
             raise ConfigError(f"{cfg.stage}.data.{key} is required for source 'online'")
+    if data.get("image_views"):
+        raise ConfigError(f"{cfg.stage}: image_views reads frames of cached clips; it needs data_source: cache")
     return OnlineBatches(pd.read_parquet(data["bucket_table"]), cfg, rank, world_size)
 
 

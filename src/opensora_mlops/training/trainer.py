@@ -44,7 +44,7 @@ FINAL_DIR = "final"
 
 SAMPLE_KEYS = ("prompt", "num_frames", "height", "width", "fps", "steps", "cfg_scale", "seed")
 DATA_KEYS = ("source", "cache_dir", "bucket_table", "batch_scale", "shuffle", "vae", "text_encoder",
-             "video_root", "frame_interval")
+             "video_root", "frame_interval", "image_views", "image_batch_size")
 
 
 @dataclass

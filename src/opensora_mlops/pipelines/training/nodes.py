@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 # keys used by the pipeline around the trainer (everything else goes to TrainConfig)
 PIPELINE_KEYS = ("name", "batch_scale", "frame_interval", "text_encoder", "data_source", "cache", "validation",
-                 "runs_root", "cache_root", "launcher", "video_root", "threads")
+                 "runs_root", "cache_root", "launcher", "video_root", "threads", "image_views", "image_batch_size")
 TRAIN_KEYS = tuple(f for f in TrainConfig.__dataclass_fields__ if f not in ("stage", "run_dir", "data"))
 CACHE_KEYS = ("holdout_fraction", "batch_size", "executor", "ray", "device")
 VALIDATION_KEYS = ("timesteps", "batch_size", "seed")
@@ -218,6 +218,8 @@ def train_stage(latent_cache: dict[str, Any], vae_model: dict[str, Any], stage: 
                             "vae": vae_model, "text_encoder": s["text_encoder"]}
     if data["source"] == "cache":
         data["cache_dir"] = latent_cache["train_dir"]
+        if s.get("image_views"):
+            data.update(image_views=int(s["image_views"]), image_batch_size=s.get("image_batch_size"))
     else:
         data.update(bucket_table=latent_cache["bucket_table"], frame_interval=int(latent_cache.get("frame_interval", 1)), video_root=s.get("video_root"))
     cfg = _train_config(s, data, _init_from(s, init_model))
