@@ -444,3 +444,19 @@ def test_null_guidance_samples_with_the_guidance_saved_with_the_weights(tmp_path
     assert evaluate.generation_for_model(config, conditions, None)["cfg_scale"] == 7.0
     assert evaluate.generation_for_model(evaluate.EvaluationConfig.from_dict(_params(tmp_path)), conditions,
                                          v_at_4_5)["cfg_scale"] == 4.0
+
+
+def test_auto_sampling_dtype_is_bf16_only_where_the_cpu_computes_it(tmp_path, monkeypatch):
+    from opensora_mlops.models import vae
+
+    params = _params(tmp_path)
+    params["generation"] = {**params["generation"], "dtype": "auto"}
+    config = evaluate.EvaluationConfig.from_dict(params)
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(vae, "bf16_is_fast", lambda native=native: native)
+        assert evaluate.generation_for_model(config, None)["dtype"] == expected
+        model = torch.nn.Linear(2, 2)
+        assert next(evaluate.sampling_model(model, "auto").parameters()).dtype == (
+            torch.bfloat16 if native else torch.float32)
+    assert evaluate.resolve_sampling_dtype("auto", "cuda") == "bf16"
+    assert evaluate.resolve_sampling_dtype("fp32", "cuda") == "fp32"
