@@ -72,6 +72,11 @@ def test_bad_configs_fail_before_training_with_clear_messages(tmp_path):
         load_train_config({**base, "init_from": str(tmp_path / "missing")})
     with pytest.raises(ConfigError, match="stage1.data"):
         load_train_config({**base, "data": {"cache_dirr": "x"}})
+    # image views read frames of cached clips: online data has none
+    online = {**base, "data": {"source": "online", "bucket_table": "t.parquet", "vae": {"type": "tiny"},
+                               "text_encoder": {"type": "minilm"}, "image_views": 2, "image_batch_size": 8}}
+    with pytest.raises(ConfigError, match="image_views.*data_source: cache"):
+        launch(online, progress=False)
 
 
 def test_bucket_table_problems_are_named():

@@ -142,6 +142,7 @@ def test_cluster_environment_selects_the_production_settings():
         assert cfg.lr == 2e-5 and cfg.grad_checkpoint is checkpointing and cfg.optimizer == "hybrid_adam"
         assert settings["text_encoder"]["type"] == "t5" and settings["text_encoder"]["max_length"] == 200
         assert cfg.mask_ratios["mask_no"] == 0.75  # kept from conf/base: keys merge one by one
+        assert not settings.get("image_views")  # the embedded default's image views stay out of 1.1's recipe
         # 1.1's objective: plain ε loss, not the embedded default's subject weighting (merged from base)
         assert cfg.scheduler == {"type": "iddpm", "prediction": "epsilon", "num_timesteps": 1000,
                                  "cfg_scale": 7.0, "foreground_weight": 0.0}

@@ -216,10 +216,10 @@ def train_stage(latent_cache: dict[str, Any], vae_model: dict[str, Any], stage: 
         raise ConfigError(f"{s['name']}: latent cache belongs to {latent_cache.get('stage')}")
     data: dict[str, Any] = {"source": latent_cache.get("source", "cache"), "batch_scale": s.get("batch_scale", 1.0),
                             "vae": vae_model, "text_encoder": s["text_encoder"]}
+    if s.get("image_views"):  # launch refuses them for online data, which has no cached clips to view
+        data.update(image_views=int(s["image_views"]), image_batch_size=s.get("image_batch_size"))
     if data["source"] == "cache":
         data["cache_dir"] = latent_cache["train_dir"]
-        if s.get("image_views"):
-            data.update(image_views=int(s["image_views"]), image_batch_size=s.get("image_batch_size"))
     else:
         data.update(bucket_table=latent_cache["bucket_table"], frame_interval=int(latent_cache.get("frame_interval", 1)), video_root=s.get("video_root"))
     cfg = _train_config(s, data, _init_from(s, init_model))
