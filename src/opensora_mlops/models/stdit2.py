@@ -156,7 +156,7 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
                        caption_channels=384, model_max_length=32, input_sq_size=256),
     # CPU-sized: tests, the embedded default pipelines, laptops. input_sq_size 256 (not 128): at 144x256 the
     # sin-cos table then steps ~1 radian per token at its highest frequency instead of 0.5, so 96 channels
-    # tell neighbouring tokens apart (BENCHMARKS.md, "Image views and position scale").
+    # tell neighbouring tokens apart (BENCHMARKS.md, "Schedule, learning rate, batch, image views and position scale").
     "STDiT2-tiny": dict(depth=2, hidden_size=96, num_heads=4, patch_size=(1, 2, 2), in_channels=4,
                         caption_channels=384, model_max_length=32, input_sq_size=256),
 }

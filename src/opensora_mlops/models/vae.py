@@ -693,13 +693,7 @@ def bf16_is_fast() -> bool:
 
 def _lr_factor(steps: int, warmup_steps: int, cosine_decay: bool):
     """The multiplier of the base lr at each step: linear warm-up, then constant or cosine to 0."""
+    from opensora_mlops.training.lr_schedule import lr_at
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if not cosine_decay:
-            return 1.0
-        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+    schedule = "cosine" if cosine_decay else "constant"
+    return lambda step: lr_at(step, 1.0, warmup_steps, steps, schedule)

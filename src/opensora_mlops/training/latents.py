@@ -131,7 +131,7 @@ class LatentCache:
     clip's tensors. Every 1-frame row (stills included) then batches ``image_batch_size`` at a time.
     Why: a 1-frame sample costs about an eighth of an 8-frame one, so the model sees many more single
     subjects per CPU-second, and the spatial layers learn one object before the temporal ones learn its
-    motion (BENCHMARKS.md, "Image views").
+    motion (BENCHMARKS.md, "Schedule, learning rate, batch, image views and position scale").
     """
 
     def __init__(self, directory: str | Path, image_views: int = 0, image_batch_size: int | None = None) -> None:

@@ -35,6 +35,7 @@ from opensora_mlops.training.checkpoint import (
     save_weights,
 )
 from opensora_mlops.training.ema import EMA, unwrap_module
+from opensora_mlops.training.lr_schedule import LR_SCHEDULES, lr_at
 
 logger = logging.getLogger(__name__)
 
@@ -192,22 +193,6 @@ def ema_decay_at(update: int, decay: float, warmup: bool) -> float:
     if not warmup:
         return decay
     return min(decay, (1.0 + update) / (10.0 + update))
-
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int | None = None,
-          schedule: str = "constant", final: float = 0.0) -> float:
-    """The learning rate of optimizer step ``step`` (0-based): a linear warm-up over ``warmup_steps``,
-    then constant (Open-Sora 1.1) or, with ``schedule="cosine"``, a half cosine from ``base_lr`` down to
-    ``final x base_lr`` at ``max_steps``. A short run gains most from the decay: its last steps average
-    out the gradient noise a constant rate keeps adding (measured in BENCHMARKS.md, "Learning-rate decay")."""
-    rate = base_lr * (min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
-    if schedule == "constant" or max_steps is None:
-        return rate
-    progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, max_steps - warmup_steps)))
-    return rate * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def tokens_per_sample(x: torch.Tensor, patch_size: tuple[int, int, int]) -> int:
