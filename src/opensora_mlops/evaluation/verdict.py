@@ -12,8 +12,9 @@ interval has no width: the data say nothing about the spread). Two intervals are
 
 * **paired bootstrap over prompts** (trained − untrained): both models generate the same prompts (the
   untrained one with the first of the trained model's seeds, ``untrained_samples_per_prompt``), so each
-  prompt gives one difference, the trained mean minus the untrained mean over its samples, and :func:`~opensora_mlops.evaluation.statistics.cluster_bootstrap` resamples those per-prompt
-  differences. Pairing removes the prompt-to-prompt spread that both models share;
+  prompt gives one difference, the trained mean minus the untrained mean over its samples, and
+  :func:`~opensora_mlops.evaluation.statistics.cluster_bootstrap` resamples those per-prompt differences.
+  Pairing removes the prompt-to-prompt spread that both models share;
 * **from the two intervals** (trained − champion, whose per-prompt scores are not kept; and a fallback
   without the per-prompt table): each bootstrap interval gives a standard error (its half width over
   z), the difference gets z·√(se₁² + se₂²), treating the two evaluations as independent.
